@@ -1,0 +1,38 @@
+"""Shared fixtures: the real data in ../shared/data (or BORT_DATA_ROOT), and per-process thread limits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.resources import data_root
+
+# Two cores are shared by everything in CI: one intra-op thread per test process keeps runs predictable.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_root()
+    if root is None or not root.is_dir():
+        pytest.fail("the real data folder is missing: set BORT_DATA_ROOT or place it at ../shared/data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def teacher_path(shared_data: Path) -> Path:
+    return shared_data / "teacher" / "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="session")
+def wikitext_files(shared_data: Path) -> list[Path]:
+    folder = shared_data / "corpus" / "wikitext-2"
+    return [folder / "valid.txt", folder / "test.txt"]
+
+
+@pytest.fixture(scope="session")
+def bert_sample_text(shared_data: Path) -> Path:
+    return shared_data / "corpus" / "bert_sample" / "sample_text.txt"
