@@ -193,7 +193,8 @@ def load_corpus(
         num_workers: processes for building (1 = this process).
         num_shards: shards written (None → ``num_workers``).
         sentence_split: split lines into sentences (blingfire) before packing.
-        word_starts: also store whole-word masking metadata.
+        word_starts: also store whole-word masking metadata; items then carry ``word_starts`` for
+            ``MaskingCollator(whole_word_mask=True)``.
         chunk_bytes: bytes of input per unit of scanning work.
         text_column: column of `datasets` inputs holding the text.
 
@@ -230,8 +231,9 @@ def load_corpus(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return PackedCorpus(
-        train=PackedSequences(open_split(folder, "train", manifest), max_seq_length, spec.pad_token_id),
-        heldout=PackedSequences(open_split(folder, "heldout", manifest), max_seq_length, spec.pad_token_id),
+        train=PackedSequences(open_split(folder, "train", manifest), max_seq_length, spec.pad_token_id, word_starts),
+        heldout=PackedSequences(open_split(folder, "heldout", manifest), max_seq_length, spec.pad_token_id,
+                                word_starts),
         stats=stats,
         cache_hit=manifest["cache_hit"],
         cache_path=folder,

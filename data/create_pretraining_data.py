@@ -37,7 +37,7 @@ class PretrainingDataConfig:
     sentence_split: bool = False
     word_starts: bool = False
     encoding_errors: str = "replace"
-    chunk_mib: float = 4.0
+    chunk_mib: float = 1.0
     text_column: str = "text"
     dataset_rows: str = "lines"
     cache_dir: str | None = None
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> PretrainingDataConfig:
     p.add_argument("--encoding-errors", choices=("strict", "replace"), default="replace",
                    help="invalid UTF-8: 'strict' stops naming file and line; 'replace' uses U+FFFD and counts the "
                         "bytes (mostly-binary files are refused either way)")
-    p.add_argument("--chunk-mib", type=float, default=4.0, help="MiB of input per unit of scanning work")
+    p.add_argument("--chunk-mib", type=float, default=1.0, help="MiB of input per unit of scanning work")
     p.add_argument("--text-column", default="text", help="column of `datasets` inputs holding the text")
     p.add_argument("--dataset-rows", choices=("lines", "documents"), default="lines",
                    help="a `datasets` row is a line (WikiText) or a whole document")

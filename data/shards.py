@@ -64,7 +64,7 @@ from data.text import (
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
-DEFAULT_CHUNK_BYTES = 4 << 20
+DEFAULT_CHUNK_BYTES = 1 << 20
 # Lines tokenized per call of the fast tokenizer.
 TOKENIZE_BATCH_LINES = 1024
 # Tokens buffered per split before they are appended to the shard files.

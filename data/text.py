@@ -79,10 +79,15 @@ def decode_line(raw: bytes, errors: str) -> tuple[str, int]:
     return "".join(pieces).strip(), replaced
 
 
+def count_control_bytes(block: bytes) -> int:
+    """Bytes that are control characters other than tab, newline, form feed and carriage return."""
+    return len(block) - len(block.translate(None, _CONTROL))
+
+
 def _looks_binary(block: bytes) -> bool:
     if not block:
         return False
-    bad = sum(block.count(bytes([b])) for b in _CONTROL)
+    bad = count_control_bytes(block)
     bad += len(block) - len(block.decode("utf-8", errors="ignore").encode("utf-8"))
     return bad > BINARY_FRACTION * len(block)
 
@@ -288,7 +293,7 @@ def scan_chunk(chunk: Chunk, errors: str) -> ChunkScan:
                 break
             remaining -= len(block)
             scan.total_bytes += len(block)
-            scan.nontext_bytes += sum(block.count(bytes([b])) for b in _CONTROL)
+            scan.nontext_bytes += count_control_bytes(block)
     scan.nontext_bytes += scan.replaced_bytes
     return scan
 

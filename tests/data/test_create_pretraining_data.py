@@ -37,18 +37,26 @@ def test_run_prints_summary_and_saves_config(bert_sample_text, teacher_path, tmp
     assert "already complete" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("make_input, message", [
-    (lambda d: d / "missing.txt", "missing.txt: no such file"),
-    (lambda d: (d / "empty.txt").write_text("") and None or d / "empty.txt", "empty.txt: no text"),
-    (lambda d: (d / "zeros.bin").write_bytes(bytes(5000)) and None or d / "zeros.bin", "zeros.bin: looks like a binary"),
-])
-def test_bad_input_exits_2_with_one_line(teacher_path, tmp_path, make_input, message):
-    path = make_input(tmp_path)
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--input", str(path), "--tokenizer", str(teacher_path),
-                           "--output-dir", str(tmp_path / "out"), "--no-progress", "--cache-dir", str(tmp_path)],
+def test_bad_input_exits_2_with_one_line(teacher_path, tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--input", str(tmp_path / "missing.txt"),
+                           "--tokenizer", str(teacher_path), "--output-dir", str(tmp_path / "out"), "--no-progress"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and message in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "missing.txt: no such file" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.txt", b"", "empty.txt: no text"),
+    ("zeros.bin", bytes(5000), "zeros.bin: looks like a binary"),
+    ("latin1.txt", b"ok\ncaf\xe9 au lait\n", "latin1.txt:2: not valid UTF-8"),
+])
+def test_bad_files_leave_nothing(teacher_path, tmp_path, capsys, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    rc = cpd.main(["--input", str(tmp_path / name), "--tokenizer", str(teacher_path), "--encoding-errors", "strict",
+                   "--output-dir", str(tmp_path / "out"), "--no-progress", "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
 
 
