@@ -158,7 +158,8 @@ def make_shard_config(
     """
     spec = tokenizer_spec(tokenizer)
     files = resolve_inputs(paths, cache_root, text_column=text_column, rows=rows, show_progress=show_progress)
-    return ShardConfig(sources=describe_sources(files), tokenizer=spec, **options)
+    sources = describe_sources(files, memo=cache_root / "file-hashes.json")
+    return ShardConfig(sources=sources, tokenizer=spec, **options)
 
 
 def load_corpus(

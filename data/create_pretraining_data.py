@@ -142,7 +142,8 @@ def summary(manifest: dict) -> str:
         f"shards in {len(st['shards'])} file sets, format version {manifest['format_version']}"
         + (" (already complete: nothing to do)" if manifest.get("cache_hit") else ""),
         f"documents {st['documents']:,} (held out {st['documents_heldout']:,}), input lines {st['lines']:,}, "
-        f"text lines {st['text_lines']:,}, packed units (sentences or lines) {st['units']:,}",
+        f"text lines {st['text_lines']:,}, packed units (sentences or lines) {st['units']:,}, "
+        f"of which longer than a sequence and split {st['split_units']:,}",
         f"tokens {st['tokens']:,}, sequences {st['sequences']:,} (train {st['splits']['train']['sequences']:,}, "
         f"held out {st['splits']['heldout']['sequences']:,}), padding {st['padding_fraction']:.1%}",
     ]

@@ -191,12 +191,35 @@ class ShardConfig:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:32]
 
 
-def describe_sources(paths: Sequence[Path]) -> tuple[SourceInfo, ...]:
-    """Hash every input file (SHA-256 of its bytes); refuse unreadable and mostly-binary files first."""
-    out = []
+def describe_sources(paths: Sequence[Path], memo: Path | None = None) -> tuple[SourceInfo, ...]:
+    """Hash every input file (SHA-256 of its bytes); refuse unreadable and mostly-binary files first.
+
+    Args:
+        memo: optional JSON file remembering digests by (absolute path, size, modification time in ns, inode), as
+            git's index and make do, so that reloading a large corpus does not re-read it; None hashes every time.
+    """
+    known: dict[str, str] = {}
+    if memo is not None:
+        try:
+            known = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            known = {}
+    out, changed = [], False
     for p in paths:
         sniff(p)
-        out.append(SourceInfo(path=str(p), sha256=file_sha256(p), size=p.stat().st_size))
+        st = p.stat()
+        stamp = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        digest = known.get(stamp)
+        if digest is None:
+            digest = known[stamp] = file_sha256(p)
+            changed = True
+        out.append(SourceInfo(path=str(p), sha256=digest, size=st.st_size))
+    if memo is not None and changed:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(memo, known)
+        except OSError:
+            pass  # the memo only saves time; hashing again next time is correct
     return tuple(out)
 
 
@@ -260,6 +283,7 @@ class Packer:
     """
 
     def __init__(self, capacity: int, emit: Callable[[int, list[int], list[int] | None], None], word_starts: bool):
+        self.split_units = 0  # lines (or sentences) longer than a sequence, cut into pieces
         self.capacity = capacity
         self.emit = emit
         self.word_starts = word_starts
@@ -280,6 +304,7 @@ class Packer:
             return
         self.flush()
         cap = self.capacity
+        self.split_units += len(ids) > cap
         while len(ids) > cap:
             self.emit(document, ids[:cap], starts[:cap] if self.word_starts else None)
             ids = ids[cap:]
@@ -462,7 +487,8 @@ def build_shard(task: ShardTask) -> dict:
         for w in writers.values():
             w.abort()
         raise
-    result = {"shard": task.shard, "key": cfg.key(), "units": units, "splits": counts}
+    result = {"shard": task.shard, "key": cfg.key(), "units": units, "split_units": packer.split_units,
+              "splits": counts}
     write_json_atomic(shard_done_file(folder, task.shard), result)
     return result
 
@@ -663,6 +689,7 @@ def create_shards(
         "lines": sum(s["lines"] for s in per_source),
         "text_lines": sum(s["text_lines"] for s in per_source),
         "units": sum(sh["units"] for sh in shards),
+        "split_units": sum(sh["split_units"] for sh in shards),
         "tokens": content,
         "tokens_with_special": tokens,
         "sequences": sequences,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import shutil
 import time
@@ -41,9 +43,12 @@ def test_packing_loses_no_token_and_respects_documents(wikitext_files, bert_samp
     expected = [doc for f in files for doc in reference_documents(f)]
     got = content_by_document(corpus, bert_tokenizer.cls_token_id, bert_tokenizer.sep_token_id, max_len)
     assert sorted(got) == list(range(len(expected)))
+    long_lines = 0
     for number, lines in enumerate(expected):
         ids = bert_tokenizer(lines, add_special_tokens=False, truncation=False, padding=False)["input_ids"]
         assert got[number] == [t for line in ids for t in line], f"document {number}"
+        long_lines += sum(len(x) > max_len - 2 for x in ids)
+    assert corpus.manifest["stats"]["split_units"] == long_lines
     assert corpus.stats["documents"] == len(expected)
     assert corpus.stats["tokens"] == sum(len(v) for v in got.values())
     assert corpus.stats["sequences"] == len(corpus.train) + len(corpus.heldout)
@@ -138,6 +143,8 @@ def test_cache_hit_and_invalidation(wikitext_files, bert_sample_text, bert_token
     assert not changed.cache_hit and changed.cache_path != first.cache_path
     assert changed.stats["documents"] == first.stats["documents"] + 1
     assert not load_corpus([moved], bpe_tokenizer, **kw).cache_hit
+    memo = json.loads((cache / "file-hashes.json").read_text())
+    assert hashlib.sha256(moved.read_bytes()).hexdigest() in memo.values()
     assert not load_corpus([moved], bert_tokenizer, max_seq_length=64, **kw).cache_hit
     assert load_corpus([moved], bert_tokenizer, max_seq_length=64, **kw).cache_hit
 
