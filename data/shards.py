@@ -68,7 +68,7 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 # Lines tokenized per call of the fast tokenizer.
 TOKENIZE_BATCH_LINES = 1024
 # Tokens buffered per split before they are appended to the shard files.
-WRITE_BUFFER_TOKENS = 1 << 20
+WRITE_BUFFER_TOKENS = 1 << 18
 
 
 # ----------------------------------------------------------------------------------------------------------------
