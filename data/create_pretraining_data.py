@@ -41,6 +41,7 @@ class PretrainingDataConfig:
     text_column: str = "text"
     dataset_rows: str = "lines"
     cache_dir: str | None = None
+    overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -84,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> PretrainingDataConfig:
                    help="a `datasets` row is a line (WikiText) or a whole document")
     p.add_argument("--cache-dir", default=None, help="where `datasets` inputs are exported to text "
                                                      "(default: $BORT_CACHE_DIR or ~/.cache/bort)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="first delete shards of another configuration found in --output-dir (only the files this "
+                        "tool writes)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = p.parse_args(argv)
     args.input = args.input or default_corpus()
@@ -106,7 +110,7 @@ def load_tokenizer(name: str):
 def run(cfg: PretrainingDataConfig) -> dict:
     """Build the shards; returns the manifest."""
     from data.corpus import make_shard_config
-    from data.shards import create_shards, write_json_atomic
+    from data.shards import create_shards, remove_shards, write_json_atomic
     from data.sources import default_cache_dir
 
     tokenizer = load_tokenizer(cfg.tokenizer)
@@ -126,6 +130,15 @@ def run(cfg: PretrainingDataConfig) -> dict:
         probe.unlink()
     except OSError as e:
         raise DataError(f"--output-dir {out}: not writable ({e.strerror or e})") from None
+    if cfg.overwrite:
+        manifest_path = out / "manifest.json"
+        try:
+            same = json.loads(manifest_path.read_text()).get("key") == shard_config.key()
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            remove_shards(out)
+            (out / "run_config.json").unlink(missing_ok=True)
     try:
         manifest = create_shards(shard_config, out, num_workers=cfg.num_workers, show_progress=cfg.progress)
     except DataError:

@@ -576,6 +576,23 @@ class _LocalProgress:
             self.progress.update(*item)
 
 
+def remove_shards(folder: str | os.PathLike) -> int:
+    """Delete the files this module writes in ``folder`` (manifest, shard files, temporaries); nothing else.
+
+    Returns:
+        The number of files removed.
+    """
+    folder = Path(folder)
+    patterns = ["manifest.json", "shard-*.json", ".*.tmp-*"]
+    patterns += [f"{split}-*.{kind}" for split in SPLITS for kind in ("ids", "ends", "docs", "wordstarts")]
+    removed = 0
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _read_manifest(folder: Path) -> dict | None:
     path = folder / "manifest.json"
     if not path.exists():

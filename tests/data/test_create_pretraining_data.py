@@ -35,6 +35,14 @@ def test_run_prints_summary_and_saves_config(bert_sample_text, teacher_path, tmp
                      "--num-shards", "2", "--heldout-fraction", "0.3", "--no-progress",
                      "--cache-dir", str(tmp_path)]) == 0
     assert "already complete" in capsys.readouterr().out
+    (out / "notes.txt").write_text("the user's own file")
+    common = ["--input", str(bert_sample_text), "--tokenizer", str(teacher_path), "--output-dir", str(out),
+              "--heldout-fraction", "0.3", "--no-progress", "--cache-dir", str(tmp_path)]
+    assert cpd.main([*common, "--num-shards", "1"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert cpd.main([*common, "--num-shards", "1", "--overwrite"]) == 0
+    assert not (out / "train-00001.ids").exists() and (out / "notes.txt").read_text() == "the user's own file"
+    assert json.loads((out / "manifest.json").read_text())["config"]["num_shards"] == 1
 
 
 def test_bad_input_exits_2_with_one_line(teacher_path, tmp_path):
