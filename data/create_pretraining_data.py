@@ -1,4 +1,4 @@
-"""Text → packed token shards for pre-training: ``python data/create_pretraining_data.py --input ... --output-dir ...``
+"""Text → packed token shards for pre-training: ``python data/create_pretraining_data.py --input ... --output-dir``
 
 Named after BERT's script of the same job. Reads text files, globs or Hugging Face ``datasets`` (hub names or local
 Arrow/Parquet/JSON Lines), tokenizes them with any fast tokenizer in worker processes, packs whole sentences or

@@ -109,7 +109,9 @@ def tokenizer_spec(tokenizer: Any) -> TokenizerSpec:
         raise DataError(f"tokenizer {name!r}: a fast (Rust `tokenizers`) tokenizer is needed")
     missing = [t for t in ("cls_token", "sep_token", "pad_token") if getattr(tokenizer, f"{t}_id", None) is None]
     if missing:
-        raise DataError(f"tokenizer {name!r}: lacks the special token(s) {', '.join(missing)} needed to frame sequences")
+        raise DataError(
+            f"tokenizer {name!r}: lacks the special token(s) {', '.join(missing)} needed to frame sequences"
+        )
     from tokenizers import Tokenizer
 
     copy = Tokenizer.from_str(backend.to_str())
@@ -472,7 +474,8 @@ def build_shard(task: ShardTask) -> dict:
         for ct in task.chunks:
             docs: list[int] = []
             texts: list[str] = []
-            for document, _, text in iter_documents_lines(ct.chunk, ct.first_line, ct.first_document, cfg.encoding_errors):
+            lines = iter_documents_lines(ct.chunk, ct.first_line, ct.first_document, cfg.encoding_errors)
+            for document, _, text in lines:
                 docs.append(document)
                 texts.append(text)
                 if len(texts) >= TOKENIZE_BATCH_LINES:
@@ -747,11 +750,15 @@ def _number_chunks(chunks: list[Chunk], scans: list, config: ShardConfig) -> tup
         src["nontext_bytes"] += scan.nontext_bytes
     for info, src in zip(config.sources, per_source):
         if info.size and src["nontext_bytes"] > BINARY_FRACTION * info.size:
-            raise DataError(f"{info.path}: looks like a binary file ({src['nontext_bytes']:,} of {info.size:,} bytes are not text)")
+            raise DataError(
+                f"{info.path}: looks like a binary file ({src['nontext_bytes']:,} of {info.size:,} bytes are not text)"
+            )
         if src["text_lines"] == 0:
             raise DataError(f"{info.path}: no text (the file is empty or holds only blank and heading lines)")
         if src["replaced_bytes"]:
-            warnings.warn(f"{info.path}: replaced {src['replaced_bytes']:,} invalid UTF-8 byte(s) by U+FFFD", stacklevel=3)
+            warnings.warn(
+                f"{info.path}: replaced {src['replaced_bytes']:,} invalid UTF-8 byte(s) by U+FFFD", stacklevel=3
+            )
     return tasks, per_source
 
 

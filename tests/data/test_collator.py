@@ -105,4 +105,5 @@ def test_whole_word_masking_selects_whole_words(bert_sample_text, bert_tokenizer
     chosen_words = int((chosen & (starts == 1)).sum())
     assert within_binomial(chosen_words, word_starts, 0.15)
     tokens_in_words = int(chosen.sum())
-    assert within_binomial(int((batch["input_ids"][chosen] == bert_tokenizer.mask_token_id).sum()), tokens_in_words, 0.8)
+    as_mask = int((batch["input_ids"][chosen] == bert_tokenizer.mask_token_id).sum())
+    assert within_binomial(as_mask, tokens_in_words, 0.8)

@@ -241,7 +241,8 @@ def test_tokenizer_without_special_tokens(bert_sample_text, bpe_tokenizer, tmp_p
     assert_clean(tmp_path / "c")
 
 
-@pytest.mark.parametrize("fraction, message", [(0.0, "must be in"), (1.0, "must be in"), (0.01, "holds out no document"),
+@pytest.mark.parametrize("fraction, message", [(0.0, "must be in"), (1.0, "must be in"),
+                                               (0.01, "holds out no document"),
                                                (0.9, "holds no tokens|leaves no training")])
 def test_heldout_fraction_leaving_an_empty_split(bert_sample_text, bert_tokenizer, tmp_path, fraction, message):
     with pytest.raises(DataError, match=message):
