@@ -538,36 +538,50 @@ class _Progress:
             self.bar.close()
 
 
-def _run_tasks(fn, tasks: list, num_workers: int, progress: _Progress | None) -> list:
-    """Run ``fn`` over ``tasks`` in order of results equal to the order of tasks, in-process or in a pool."""
-    global _PROGRESS
-    if num_workers <= 1 or len(tasks) <= 1:
-        _PROGRESS = _LocalProgress(progress)
-        try:
-            return [fn(t) for t in tasks]
-        finally:
-            _PROGRESS = None
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue() if progress is not None else None
-    with ctx.Pool(min(num_workers, len(tasks)), initializer=_init_worker, initargs=(q,)) as pool:
-        res = pool.map_async(fn, tasks, chunksize=1)
-        while True:
-            if q is not None:
-                try:
-                    progress.update(*q.get(timeout=0.1))
-                    continue
-                except queue_module.Empty:
-                    pass
-            if res.ready():
-                break
-            res.wait(0.1)
-        if q is not None:
-            while True:
-                try:
-                    progress.update(*q.get_nowait())
-                except queue_module.Empty:
-                    break
+class _Runner:
+    """Runs tasks in this process or in one pool of ``num_workers`` spawned processes, shared by all phases.
+
+    ``map`` returns results in the order of the tasks and feeds the workers' progress reports to a bar.
+    """
+
+    def __init__(self, num_workers: int):
+        self.num_workers = num_workers
+        self.pool = None
+        self.queue = None
+
+    def map(self, fn, tasks: list, progress: _Progress | None) -> list:
+        global _PROGRESS
+        if self.num_workers <= 1 or len(tasks) <= 1:
+            _PROGRESS = _LocalProgress(progress)
+            try:
+                return [fn(t) for t in tasks]
+            finally:
+                _PROGRESS = None
+        if self.pool is None:
+            ctx = mp.get_context("spawn")
+            self.queue = ctx.Queue()
+            self.pool = ctx.Pool(self.num_workers, initializer=_init_worker, initargs=(self.queue,))
+        res = self.pool.map_async(fn, tasks, chunksize=1)
+        while not res.ready():
+            self._drain(progress, timeout=0.1)
+        self._drain(progress, timeout=None)
         return res.get()
+
+    def _drain(self, progress: _Progress | None, timeout: float | None) -> None:
+        while True:
+            try:
+                item = self.queue.get(timeout=timeout) if timeout else self.queue.get_nowait()
+            except queue_module.Empty:
+                return
+            if progress is not None:
+                progress.update(*item)
+            timeout = None  # after the first report, take what is there without waiting
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
 
 
 class _LocalProgress:
@@ -628,7 +642,14 @@ def create_shards(
         DataError: the folder holds shards of another configuration; invalid UTF-8 (strict) naming file and line;
             a mostly-binary or empty input file; an empty corpus; a held-out fraction that leaves a split empty.
     """
-    folder = Path(folder)
+    runner = _Runner(num_workers)
+    try:
+        return _create_shards(config, Path(folder), runner, show_progress)
+    finally:
+        runner.close()
+
+
+def _create_shards(config: ShardConfig, folder: Path, runner: _Runner, show_progress: bool) -> dict:
     key = config.key()
     manifest = _read_manifest(folder)
     if manifest is not None:
@@ -661,7 +682,7 @@ def create_shards(
     total_bytes = sum(s.size for s in config.sources)
     bar = _Progress(total_bytes, "scan", show_progress)
     try:
-        scans = _run_tasks(_scan, [(c, config.encoding_errors) for c in chunks], num_workers, bar)
+        scans = runner.map(_scan, [(c, config.encoding_errors) for c in chunks], bar)
     finally:
         bar.close()
     tasks, per_source = _number_chunks(chunks, scans, config)
@@ -690,7 +711,7 @@ def create_shards(
     todo_bytes = sum(ct.chunk.end - ct.chunk.start for t in todo for ct in t.chunks)
     bar = _Progress(todo_bytes, "tokenize", show_progress and bool(todo))
     try:
-        for info in _run_tasks(build_shard, todo, num_workers, bar):
+        for info in runner.map(build_shard, todo, bar):
             done[info["shard"]] = info
     finally:
         bar.close()
