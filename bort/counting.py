@@ -40,7 +40,7 @@ def count_parameters(arch: Architecture, config: PretrainedConfig, *, pooler: bo
         config: a BERT or RoBERTa config giving vocab_size (V), max_position_embeddings (P), type_vocab_size (T).
         pooler: whether the model has the pooler (``BertModel`` does; ``BertForMaskedLM`` does not).
         mlm_head: whether a masked-LM head is added (transform + LayerNorm + output bias; decoder tied to the
-            word embeddings when ``config.tie_word_embeddings`` is true, else counted).
+            word embeddings when ``config.tie_word_embeddings`` is true, else its weight and bias are counted).
     """
     h, i, d = arch.hidden_size, arch.intermediate_size, arch.num_hidden_layers
     v, p, t = config.vocab_size, config.max_position_embeddings, config.type_vocab_size
@@ -53,7 +53,7 @@ def count_parameters(arch: Architecture, config: PretrainedConfig, *, pooler: bo
     if mlm_head:
         total += (h * h + h) + 2 * h + v  # transform dense, LayerNorm, decoder bias
         if not getattr(config, "tie_word_embeddings", True):
-            total += v * h
+            total += v * h + v  # an untied decoder has its own weight and its own bias
     return ParameterCount(total=total, embeddings=embeddings)
 
 
