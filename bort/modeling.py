@@ -41,8 +41,11 @@ def load_teacher_config(name_or_path: str) -> PretrainedConfig:
     Raises:
         TeacherError: if the folder has no readable config.json or the hub name cannot be resolved.
     """
-    path = Path(name_or_path)
-    if path.exists() and not (path / "config.json").is_file():
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise TeacherError(f"teacher folder {name_or_path} does not exist")
+    if looks_local and not (path / "config.json").is_file():
         raise TeacherError(f"teacher folder {name_or_path} has no config.json")
     try:
         return AutoConfig.from_pretrained(name_or_path)
