@@ -12,6 +12,7 @@ skips finished work, and the study's Pareto front is the front of the evaluated 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
@@ -45,6 +46,7 @@ from search.space import DIMENSIONS, default_space, load_space
 
 logger = logging.getLogger(__name__)
 STUDY_NAME = "fptas"
+LATENCY_VOCAB_SIZE = 1024
 
 
 class SearchError(ValueError):
@@ -67,11 +69,22 @@ class Inputs:
     output_dir: Path
 
 
-def run_search(config: SearchConfig) -> dict:
-    """Run the whole search; returns the summary written to ``summary.json``.
+@dataclass
+class SearchSetup:
+    """The loaded inputs of a search: shared by the runner and the benchmarks."""
+
+    config: SearchConfig
+    inputs: Inputs
+    teacher: PreTrainedModel
+    tokenizer: object
+    corpus: object
+
+
+def setup_search(config: SearchConfig) -> SearchSetup:
+    """Step 1: resolve, validate and load every input. Writes nothing but the token cache.
 
     Raises:
-        SearchError, SpaceError, TeacherError, ArchitectureError, DataError: on bad input, before anything is written.
+        SearchError, SpaceError, TeacherError, ArchitectureError, DataError: on bad input.
     """
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -83,6 +96,17 @@ def run_search(config: SearchConfig) -> dict:
     corpus = load_corpus(inputs.corpus, tokenizer, max_seq_length=config.max_seq_length,
                          heldout_fraction=config.heldout_fraction, seed=config.seed, cache_dir=config.cache_dir,
                          show_progress=config.progress)
+    return SearchSetup(config, inputs, teacher, tokenizer, corpus)
+
+
+def run_search(config: SearchConfig) -> dict:
+    """Run the whole search; returns the summary written to ``summary.json``.
+
+    Raises:
+        SearchError, SpaceError, TeacherError, ArchitectureError, DataError: on bad input, before anything is written.
+    """
+    setup = setup_search(config)
+    inputs, teacher, tokenizer, corpus = setup.inputs, setup.teacher, setup.tokenizer, setup.corpus
     # all inputs are valid: from here on, results are written
     inputs.output_dir.mkdir(parents=True, exist_ok=True)
     resolved = _resolved_config(config, inputs, corpus)
@@ -99,9 +123,8 @@ def run_search(config: SearchConfig) -> dict:
     if config.latency == "candidates":
         _add_latencies(config, inputs, [rows[k] for k in candidates], teacher)
 
-    train_batches, heldout_batches = _materialize_batches(config, corpus, tokenizer)
-    reference_loss = _loss_fn(config, inputs, inputs.teacher_config.hidden_size)
-    teacher_outputs = TeacherOutputs(teacher, reference_loss, max_bytes=int(config.teacher_cache_gib * 2**30))
+    train_batches, heldout_batches = materialize_batches(config, corpus, tokenizer)
+    teacher_outputs = make_teacher_outputs(setup)
     _evaluate_candidates(config, inputs, study, teacher, tokenizer, rows, candidates, train_batches, heldout_batches,
                          teacher_outputs, p_max, i_max, key_p, key_i)
     summary = write_results(inputs.output_dir, study, rows, resolved, p_max=p_max, i_max=i_max, key_p=key_p,
@@ -238,10 +261,14 @@ def _add_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict], teach
     if cache.get("profile") != profile.to_dict():
         cache = {"profile": profile.to_dict(), "ms": {}}
     todo = [r for r in rows if r["name"] not in cache["ms"]]
+    # An embedding lookup costs the same whatever the table's size, so latency models get a small vocabulary:
+    # building 300 models then takes seconds instead of minutes of initialising 30k-row tables.
+    latency_config = copy.deepcopy(inputs.teacher_config)
+    latency_config.vocab_size = min(latency_config.vocab_size, LATENCY_VOCAB_SIZE)
     for row in tqdm(todo, desc="latency", unit="arch", disable=not config.progress or not todo):
         arch = Architecture(**{d: row[d] for d in DIMENSIONS})
-        model = build_student(arch, inputs.teacher_config, seed=config.seed)
-        cache["ms"][row["name"]] = measure_latency(model, profile, vocab_size=inputs.teacher_config.vocab_size).mean_ms
+        model = build_student(arch, latency_config, seed=config.seed)
+        cache["ms"][row["name"]] = measure_latency(model, profile, vocab_size=latency_config.vocab_size).mean_ms
         del model
     if todo:
         atomic_write_json(cache_file, cache)
@@ -270,7 +297,7 @@ def _maximum_point(config: SearchConfig, inputs: Inputs, rows: list[dict], teach
 
 # --- 4. training the candidates ----------------------------------------------------------------------------------
 
-def _materialize_batches(config: SearchConfig, corpus, tokenizer):
+def materialize_batches(config: SearchConfig, corpus, tokenizer):
     """The s training batches (shuffled, cycled over epochs) and |B| held-out batches, masked with fixed seeds.
 
     Every candidate and θ trains on exactly these batches, so their e values compare like with like.
@@ -291,15 +318,22 @@ def _materialize_batches(config: SearchConfig, corpus, tokenizer):
     return train, held
 
 
+def make_teacher_outputs(setup: SearchSetup) -> TeacherOutputs:
+    """The teacher-output cache shared by every candidate (the relation targets do not depend on the student)."""
+    reference = _loss_fn(setup.config, setup.inputs, setup.inputs.teacher_config.hidden_size)
+    return TeacherOutputs(setup.teacher, reference, max_bytes=int(setup.config.teacher_cache_gib * 2**30))
+
+
 def _loss_fn(config: SearchConfig, inputs: Inputs, student_hidden_size: int) -> DistillationLoss:
     return DistillationLoss(inputs.loss_weights, student_hidden_size=student_hidden_size,
                             teacher_hidden_size=inputs.teacher_config.hidden_size,
                             relation_heads=inputs.relation_heads, temperature=config.temperature)
 
 
-def _train_candidate(config: SearchConfig, inputs: Inputs, teacher, arch: Architecture, theta: OptimConfig,
-                     train_batches, heldout_batches, teacher_outputs, progress=None):
-    """Build (or extract) the student, distil it for s steps, and return (student, held-out terms, train losses)."""
+def train_candidate(config: SearchConfig, inputs: Inputs, teacher, arch: Architecture, theta: OptimConfig,
+                    train_batches, heldout_batches, teacher_outputs, progress=None):
+    """Step 4 for one (candidate, θ): build or extract the student, distil it for ``config.steps`` steps on
+    ``train_batches``, and return (student, held-out loss terms, training losses). e(b) is ``terms["loss"]``."""
     torch.manual_seed(config.seed)
     student = build_or_extract(arch, teacher, init=config.init, seed=config.seed)
     set_dropout(student, config.dropout)
@@ -337,7 +371,7 @@ def _evaluate_candidates(config, inputs, study, teacher, tokenizer, rows, candid
         bar.set_description(f"{arch.name} θ{trial.params['theta']}")
         start = time.perf_counter()
         try:
-            student, terms, losses = _train_candidate(config, inputs, teacher, arch, theta, train_batches,
+            student, terms, losses = train_candidate(config, inputs, teacher, arch, theta, train_batches,
                                                       heldout_batches, teacher_outputs, bar)
         except Exception:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -398,6 +432,6 @@ def _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_ba
         saved = json.loads(info_file.read_text())
         if saved["architecture"] == winner["architecture"] and saved["theta"] == winner["theta"]:
             return
-    student, _, _ = _train_candidate(config, inputs, teacher, Architecture(**winner["architecture"]),
+    student, _, _ = train_candidate(config, inputs, teacher, Architecture(**winner["architecture"]),
                                      OptimConfig(**winner["theta"]), train_batches, heldout_batches, teacher_outputs)
     save_winner(folder, student, tokenizer, {k: winner[k] for k in ("architecture", "theta", "W", "e")})
