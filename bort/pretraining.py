@@ -291,16 +291,15 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _check_output_dir(config: PretrainingConfig, out: Path) -> None:
+    """Refuse a folder holding another run (without --resume) or one that cannot be created; create nothing."""
     if config.resume is None and (list_checkpoints(out / "checkpoints") or (out / "model").exists()):
         raise PretrainingError(f"--output-dir {out} holds a previous run; pass --resume last to continue it or "
                                "choose another folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise PretrainingError(f"--output-dir {out}: not writable ({exc.strerror or exc})") from exc
+    existing = out.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise PretrainingError(f"--output-dir {out}: not writable ({existing} is not a writable folder)")
 
 
 def run_pretraining(config: PretrainingConfig) -> dict:
@@ -431,6 +430,7 @@ class _Run:
     def train(self) -> dict:
         config, eng = self.config, self.eng
         if eng.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out / "pretraining_config.json", self.config_dict)
             from torch.utils.tensorboard import SummaryWriter
 
@@ -494,8 +494,11 @@ class _Run:
         self.train_batches.set_epoch(epoch)
         n = self.accumulation
         mine = list(RankSampler(len(self.train_batches), self.eng.rank, self.eng.world_size, shuffle=False))
+        # its own generator: creating the iterator must not draw from the global one (dropout after a resume)
+        generator = torch.Generator().manual_seed(self.config.seed + epoch)
         loader = DataLoader(self.train_batches, batch_size=None, sampler=mine[position * n:self.steps_per_epoch * n],
-                            num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
+                            num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
+                            generator=generator)
         batches = iter(loader)
         for _ in range(position, self.steps_per_epoch):
             yield [self._to_device(next(batches)) for _ in range(n)]

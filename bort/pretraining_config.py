@@ -73,7 +73,7 @@ class PretrainingConfig:
     warmup: float = field(default=0.1, metadata={
         "help": "Fraction of --max-steps of linear warm-up, in [0, 1); then linear decay to 0."})
     max_grad_norm: float | None = field(default=1.0, metadata={
-        "help": "Global gradient-norm clipping threshold (after unscaling under fp16)."})
+        "help": "Global gradient-norm clipping threshold (after unscaling under fp16); inf: no clipping."})
     dropout: float | None = field(default=None, metadata={
         "help": "Dropout probability of the student during training. Default: its config's (the saved config "
                 "keeps it either way)."})
