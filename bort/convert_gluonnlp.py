@@ -126,7 +126,8 @@ def _read_array(r: _Reader, index: int) -> np.ndarray:
 def read_params(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read an MXNet NDArray dict file (Gluon `save_parameters` / `mx.nd.save` of a dict) without MXNet.
 
-    Returns name -> array in file order, in the stored dtype (bfloat16 widened to float32).
+    Returns name -> array in file order, in the stored dtype (bfloat16 widened to float32); the arrays are
+    read-only views into the file's bytes (one copy of the file in memory).
     Raises GluonFormatError for files that are missing, truncated, not in the format, unnamed lists or sparse.
     """
     path = Path(path)
@@ -513,21 +514,21 @@ def _parse_args(argv: list[str] | None = None) -> ConversionConfig:
         epilog=f"Presets: {presets}. Exit status 2 on bad input (unreadable file, unknown layout, bad option).")
     parser.add_argument("params", help="GluonNLP .params file (written by Gluon's save_parameters)")
     parser.add_argument("output_dir", help="Hugging Face folder to create (must not exist or be empty)")
-    parser.add_argument("--model-name", choices=sorted(GLUON_PRESETS), default=None,
-                        help="GluonNLP architecture name: gives the number of heads, activation and LayerNorm "
+    parser.add_argument("--model-name", choices=sorted(GLUON_PRESETS), default=None, metavar="NAME",
+                        help=f"GluonNLP architecture name ({', '.join(GLUON_PRESETS)}): gives the number of heads, activation and LayerNorm "
                              "epsilon, and checks the file's shapes against it")
-    parser.add_argument("--num-attention-heads", type=int, default=None,
+    parser.add_argument("--num-attention-heads", type=int, default=None, metavar="N",
                         help="attention heads (not stored in .params); required without --model-name, overrides it")
     parser.add_argument("--hidden-act", choices=("gelu", "relu"), default=None,
                         help="FFN activation (gelu = exact erf GELU, GluonNLP's default); default: the preset's, "
                              "else gelu")
-    parser.add_argument("--layer-norm-eps", type=float, default=None,
+    parser.add_argument("--layer-norm-eps", type=float, default=None, metavar="EPS",
                         help="LayerNorm epsilon; default: the preset's, else 1e-12 for BERT-family files (with "
                              "token types) and 1e-5 for RoBERTa-family files")
-    parser.add_argument("--pad-token-id", type=int, default=None,
+    parser.add_argument("--pad-token-id", type=int, default=None, metavar="ID",
                         help="padding token id; for RoBERTa-family files it also sets the position offset "
                              "(pad_token_id + 1). Default: the tokenizer's, else 0 (BERT) or 1 (RoBERTa/Bort)")
-    parser.add_argument("--tokenizer", default=None,
+    parser.add_argument("--tokenizer", default=None, metavar="NAME_OR_DIR",
                         help="Hugging Face tokenizer name or folder to save with the model (e.g. roberta-base for "
                              "RoBERTa/Bort, bert-base-uncased for BERT); its ids must be the checkpoint's")
     parser.add_argument("--overwrite", action="store_true",

@@ -25,7 +25,8 @@ VALID_LENGTH = [16, 11, 5]
 MODELS = {
     "bert": dict(family="bert", layers=2, units=32, hidden_size=48, heads=4, vocab=50, max_length=24,
                  eps=1e-12, pooler=True, classifier=True, decoder=True, pad=0),
-    "bert_encoder": dict(family="bert", layers=2, units=32, hidden_size=40, heads=2, vocab=50, max_length=20,
+    # vocabulary of the shared test teacher's tokenizer, so the test can convert with --tokenizer
+    "bert_encoder": dict(family="bert", layers=2, units=32, hidden_size=40, heads=2, vocab=30522, max_length=20,
                          eps=1e-12, pooler=True, classifier=False, decoder=False, pad=0),
     "roberta": dict(family="roberta", layers=2, units=32, hidden_size=64, heads=4, vocab=60, max_length=24,
                     eps=1e-5, pooler=False, classifier=False, decoder=True, pad=1),

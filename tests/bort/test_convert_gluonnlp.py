@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, BertForPreTraining
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, BertForPreTraining
 
 from bort.convert_gluonnlp import ConversionConfig, GluonFormatError, convert, read_params
 
@@ -93,9 +93,13 @@ def test_reader_dtypes_and_bad_files(ref, tmp_path):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_converted_model_matches_mxnet(ref, specs, tmp_path, name):
+def test_converted_model_matches_mxnet(ref, specs, tmp_path, name, request):
     spec = specs[name]
-    out = _convert(ref, name, tmp_path / name, heads=spec["heads"])
+    # One model is converted with the real teacher's tokenizer (same vocabulary size) to test --tokenizer.
+    tokenizer = str(request.getfixturevalue("teacher_path")) if name == "bert_encoder" else None
+    out = _convert(ref, name, tmp_path / name, heads=spec["heads"], tokenizer=tokenizer)
+    if tokenizer:
+        assert len(AutoTokenizer.from_pretrained(out)) == spec["vocab"]
     data = np.load(ref / f"{name}.npz")
     kwargs, valid = _inputs(data, spec["family"])
 
@@ -141,11 +145,13 @@ def test_unknown_layout_names_the_parameter(ref, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 
-def test_bad_options_and_existing_output(ref, specs, tmp_path):
+def test_bad_options_and_existing_output(ref, specs, tmp_path, teacher_path):
     with pytest.raises(ValueError, match="attention heads is not stored"):
         convert(ConversionConfig(params=str(ref / "bort.params"), output_dir=str(tmp_path / "a")))
     with pytest.raises(ValueError, match="does not divide"):
         _convert(ref, "bort", tmp_path / "a", heads=5)
+    with pytest.raises(ValueError, match="has 30522 tokens but .* vocabulary of 70"):
+        _convert(ref, "bort", tmp_path / "a", heads=4, tokenizer=str(teacher_path))
     with pytest.raises(GluonFormatError, match="does not match --model-name bort_4_8_768_1024"):
         convert(ConversionConfig(params=str(ref / "bort.params"), output_dir=str(tmp_path / "a"),
                                  model_name="bort_4_8_768_1024"))
