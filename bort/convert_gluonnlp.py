@@ -57,6 +57,7 @@ __all__ = [
     "GluonFormatError",
     "GluonLayout",
     "GluonPreset",
+    "build_hf_config",
     "convert",
     "detect_layout",
     "read_params",
@@ -417,19 +418,28 @@ def _resolve(config: ConversionConfig, layout: GluonLayout, tokenizer) -> dict:
     }
 
 
-def _hf_config(layout: GluonLayout, resolved: dict):
+def build_hf_config(layout: GluonLayout, config: ConversionConfig, tokenizer=None):
+    """The Hugging Face BertConfig/RobertaConfig for a detected layout and the options; returns (config, resolved).
+
+    `resolved` holds the values taken from the options, the `--model-name` preset or the family defaults:
+    num_attention_heads, hidden_act, layer_norm_eps, pad_token_id. Raises GluonFormatError when the layout does not
+    match the preset, ValueError for missing or inconsistent options.
+    """
     import transformers as tf
 
+    resolved = _resolve(config, layout, tokenizer)
     common = dict(vocab_size=layout.vocab_size, hidden_size=layout.hidden_size,
                   num_hidden_layers=layout.num_hidden_layers, num_attention_heads=resolved["num_attention_heads"],
                   intermediate_size=layout.intermediate_size, hidden_act=resolved["hidden_act"],
                   layer_norm_eps=resolved["layer_norm_eps"], pad_token_id=resolved["pad_token_id"],
                   tie_word_embeddings=layout.decoder_tied or not layout.has_decoder)
     if layout.family == "bert":
-        return tf.BertConfig(max_position_embeddings=layout.max_length, type_vocab_size=layout.type_vocab_size,
-                             **common)
-    return tf.RobertaConfig(max_position_embeddings=layout.max_length + resolved["pad_token_id"] + 1,
-                            type_vocab_size=1, **common)
+        hf = tf.BertConfig(max_position_embeddings=layout.max_length, type_vocab_size=layout.type_vocab_size,
+                           **common)
+    else:
+        hf = tf.RobertaConfig(max_position_embeddings=layout.max_length + resolved["pad_token_id"] + 1,
+                              type_vocab_size=1, **common)
+    return hf, resolved
 
 
 def _sha256(path: Path) -> str:
@@ -463,8 +473,7 @@ def convert(config: ConversionConfig) -> Path:
         if len(tokenizer) != layout.vocab_size:
             raise ValueError(f"--tokenizer {config.tokenizer} has {len(tokenizer)} tokens but {src} has a "
                              f"vocabulary of {layout.vocab_size}")
-    resolved = _resolve(config, layout, tokenizer)
-    hf_config = _hf_config(layout, resolved)
+    hf_config, resolved = build_hf_config(layout, config, tokenizer)
     model_cls, prefix = _hf_classes(layout)
     state = to_hf_state_dict(params, layout, resolved["pad_token_id"], prefix)
     del params

@@ -19,7 +19,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, BertForPreTraining
 
-from bort.convert_gluonnlp import ConversionConfig, GluonFormatError, convert, read_params
+from bort.convert_gluonnlp import (ConversionConfig, GluonFormatError, GluonLayout, build_hf_config, convert,
+                                  read_params)
 
 ROOT = Path(__file__).resolve().parents[2]
 GLUON_PYTHON = Path(os.environ.get("BORT_GLUONNLP_PYTHON", ROOT / ".venv-gluonnlp" / "bin" / "python"))
@@ -184,3 +185,23 @@ def test_cli_help_and_exit_codes(ref, specs, tmp_path):
                           "--num-attention-heads", "4"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "encoder.rel_pos_bias.weight" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("model_name, layers, width, ffn, heads", [
+    ("bort_4_8_768_1024", 4, 1024, 768, 8),  # Bort: <D, A, H, I> = <4, 8, 1024, 768> (de Wynter & Perry 2020)
+    ("roberta_24_1024_16", 24, 1024, 4096, 16),  # RoBERTa-large (Liu et al. 2019)
+])
+def test_presets_of_the_released_checkpoints(model_name, layers, width, ffn, heads):
+    def layout(hidden_size, intermediate_size):
+        return GluonLayout(family="roberta", num_hidden_layers=layers, hidden_size=hidden_size,
+                           intermediate_size=intermediate_size, vocab_size=50265, max_length=512, type_vocab_size=0,
+                           has_pooler=False, has_nsp=False, has_decoder=True, decoder_tied=True)
+
+    options = ConversionConfig(params=f"{model_name}.params", output_dir="unused", model_name=model_name)
+    config, resolved = build_hf_config(layout(width, ffn), options)
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.num_attention_heads) == (
+        layers, width, ffn, heads)
+    assert config.model_type == "roberta" and config.layer_norm_eps == 1e-5 and config.pad_token_id == 1
+    assert config.max_position_embeddings == 514  # 512 GluonNLP positions after RoBERTa's offset of pad id + 1
+    with pytest.raises(GluonFormatError, match=f"does not match --model-name {model_name}"):
+        build_hf_config(layout(ffn, width), options)  # GluonNLP's units / hidden_size read the wrong way round
