@@ -250,3 +250,30 @@ def test_diverging_loss_names_the_step_and_the_last_checkpoint(setup, capsys):
     step = int(message.split(" at step ")[1].split(";")[0])
     assert step >= 2 and f"step-{step - 1:08d}" in message
     assert (out / "checkpoints" / f"step-{step - 1:08d}").is_dir()
+
+
+def test_bf16_autocast_on_cpu_tracks_fp32(setup, single_process_run):
+    out = setup["root"] / "bf16"
+    assert main(_args(setup, out, precision="bf16", max_steps=2, save_steps=2)) == 0
+    resolved = json.loads((out / "pretraining_config.json").read_text())["resolved"]
+    assert resolved["precision"] == "torch.bfloat16" and resolved["teacher_dtype"] == "torch.bfloat16"
+    first_bf16, first_fp32 = _rows(out / "train_log.csv")[0], _rows(single_process_run / "train_log.csv")[0]
+    assert first_bf16["loss"] == pytest.approx(first_fp32["loss"], rel=0.05)
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--batch_size", "--micro_batch_size", "--precision", "--engine", "--resume", "--save_total_limit"):
+        assert option in text
+    assert "sequences per optimizer step" in text.lower()
+
+
+def test_fp16_needs_a_gpu(setup, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: fp16 is allowed")
+    out = setup["root"] / "fp16"
+    _fails(_args(setup, out, precision="fp16"), capsys, 2, "--precision fp16")
+    assert not out.exists()
