@@ -54,6 +54,10 @@ from data.shards import open_split, tokenizer_spec
 
 logger = logging.getLogger(__name__)
 
+# The Q/K/V of the relation loss are read from the projections' outputs, so no attention maps are needed and both
+# models use PyTorch's fused scaled-dot-product attention.
+ATTENTION = "sdpa"
+
 # Bort's shape ⟨D, A, H, I⟩ = ⟨4, 8, 1024, 768⟩ relative to BERT-large ⟨24, 16, 1024, 4096⟩ (arXiv 2010.10499, §5).
 BORT_RATIOS = (4 / 24, 8 / 16, 1024 / 1024, 768 / 4096)
 
@@ -143,14 +147,14 @@ def setup_student(config: PretrainingConfig, teacher, tokenizer):
             raise PretrainingError(f"--student {folder}: not a Hugging Face folder (no config.json)")
         student_config = AutoConfig.from_pretrained(folder)
         _check_same_vocabulary(folder, student_config, teacher, tokenizer, AutoTokenizer)
-        student = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation="eager")
+        student = AutoModelForMaskedLM.from_pretrained(folder, attn_implementation=ATTENTION)
         return student, Architecture.from_config(student_config)
     arch = (Architecture(*config.architecture) if config.architecture is not None
             else default_architecture(teacher.config))
     arch.check_subarchitecture_of(teacher.config)
-    student = build_student(arch, teacher.config, mlm_head=True, seed=config.seed)
+    student = build_student(arch, teacher.config, mlm_head=True, seed=config.seed, attn_implementation=ATTENTION)
     if config.init == "teacher":
-        extracted = extract_student(teacher, arch, seed=config.seed)
+        extracted = extract_student(teacher, arch, seed=config.seed, attn_implementation=ATTENTION)
         state = extracted.state_dict() if teacher_has_head(extracted) else {
             f"{student.base_model_prefix}.{k}": v for k, v in extracted.state_dict().items()}
         missing, unexpected = student.load_state_dict(state, strict=False)
@@ -332,7 +336,7 @@ class _Run:
         self.device = eng.device()
         self.precision = resolve_precision(config, self.device)
         config.teacher = config.teacher or default_teacher()
-        self.teacher = load_teacher(config.teacher)
+        self.teacher = load_teacher(config.teacher, attn_implementation=ATTENTION)
         self.tokenizer = AutoTokenizer.from_pretrained(config.teacher)
         student, self.arch = setup_student(config, self.teacher, self.tokenizer)
         if config.dropout is not None:
