@@ -277,3 +277,18 @@ def test_fp16_needs_a_gpu(setup, capsys):
     out = setup["root"] / "fp16"
     _fails(_args(setup, out, precision="fp16"), capsys, 2, "--precision fp16")
     assert not out.exists()
+
+
+def test_options_from_one_yaml_file_and_invalid_values(tmp_path, capsys):
+    from bort.run_pretraining_distillation import parse_args
+
+    file = tmp_path / "run.yaml"
+    file.write_text("architecture: [2, 4, 64, 128]\nbatch_size: 64\nmicro_batch_size: 16\nloss: [logits=1.0]\n")
+    config = parse_args([str(file)])
+    assert config.architecture == [2, 4, 64, 128] and config.batch_size == 64
+    assert config.loss_weights() == {"logits": 1.0}
+    for argv, fragment in ((["--batch_size", "10", "--micro_batch_size", "4"], "multiple"),
+                           (["--loss", "kl=1"], "NAME=WEIGHT"), (["--architecture", "1", "2", "3"], "four")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(argv)
+        assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
