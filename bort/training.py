@@ -161,7 +161,8 @@ def apply_gradients(optimizer: torch.optim.Optimizer, scheduler, *, max_grad_nor
         stepped = scaler.get_scale() >= scale
     else:
         optimizer.step()
-    scheduler.step()
+    if stepped:  # a skipped step does not advance the schedule
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return stepped
 
