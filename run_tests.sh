@@ -8,4 +8,6 @@ bash scripts/build_horovod.sh
 # MXNet 1.9.1 + GluonNLP 0.10.0 in their own environment (.venv-gluonnlp/), for the GluonNLP converter's tests.
 bash scripts/setup_gluonnlp_env.sh > /dev/null
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# tests read local files only; never reach for the hub
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 python -m pytest "$@"
