@@ -423,9 +423,9 @@ def build_shard(task: ShardTask) -> dict:
         writers["heldout" if held else "train"].add(document, ids, starts)
 
     packer = Packer(cfg.max_seq_length - 2, emit, cfg.word_starts)
-    lines = 0
+    units = 0  # lines, or sentences with sentence_split
 
-    def run_batch(docs: list[int], texts: list[str]) -> None:
+    def run_batch(docs: list[int], texts: list[str]) -> int:
         if split_sentences is not None:
             pairs = [(d, s) for d, t in zip(docs, texts) for s in split_sentences(t)]
             docs, texts = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -441,6 +441,7 @@ def build_shard(task: ShardTask) -> dict:
                 packer.add(d, enc.ids)
         after = sum(w.content_tokens for w in writers.values()) + len(packer.ids)
         _report(0, after - before)
+        return len(texts)
 
     try:
         for ct in task.chunks:
@@ -450,12 +451,10 @@ def build_shard(task: ShardTask) -> dict:
                 docs.append(document)
                 texts.append(text)
                 if len(texts) >= TOKENIZE_BATCH_LINES:
-                    run_batch(docs, texts)
-                    lines += len(texts)
+                    units += run_batch(docs, texts)
                     docs, texts = [], []
             if texts:
-                run_batch(docs, texts)
-                lines += len(texts)
+                units += run_batch(docs, texts)
             _report(ct.chunk.end - ct.chunk.start, 0)
         packer.flush()
         counts = {s: w.commit() for s, w in writers.items()}
@@ -463,7 +462,7 @@ def build_shard(task: ShardTask) -> dict:
         for w in writers.values():
             w.abort()
         raise
-    result = {"shard": task.shard, "key": cfg.key(), "text_lines": lines, "splits": counts}
+    result = {"shard": task.shard, "key": cfg.key(), "units": units, "splits": counts}
     write_json_atomic(shard_done_file(folder, task.shard), result)
     return result
 
@@ -596,7 +595,6 @@ def create_shards(
             return {**manifest, "cache_hit": True}
     elif folder.is_dir() and any(folder.glob("shard-*.json")):
         raise DataError(f"{folder}: holds shard files without a manifest; choose another output folder or remove it")
-    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     base = {
         "format_version": FORMAT_VERSION,
@@ -611,7 +609,6 @@ def create_shards(
             "dtype": config.tokenizer.dtype.name,
         },
     }
-    write_json_atomic(folder / "manifest.json", base)
 
     paths = [Path(s.path) for s in config.sources]
     chunks = plan_chunks(paths, config.chunk_bytes)
@@ -630,6 +627,11 @@ def create_shards(
         )
     if num_heldout >= num_documents:
         raise DataError(f"heldout_fraction={config.heldout_fraction} leaves no training document of {num_documents}")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp-*"):  # left by a killed run (one writer per folder at a time)
+        stale.unlink(missing_ok=True)
+    write_json_atomic(folder / "manifest.json", base)
 
     todo, done = [], {}
     for shard in range(config.num_shards):
@@ -660,7 +662,7 @@ def create_shards(
         "documents_train": num_documents - num_heldout,
         "lines": sum(s["lines"] for s in per_source),
         "text_lines": sum(s["text_lines"] for s in per_source),
-        "units": sum(sh["text_lines"] for sh in shards),
+        "units": sum(sh["units"] for sh in shards),
         "tokens": content,
         "tokens_with_special": tokens,
         "sequences": sequences,

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokeni
 
 from bort.convert_gluonnlp import (ConversionConfig, GluonFormatError, GluonLayout, build_hf_config, convert,
                                   read_params)
+from bort.convert_gluonnlp import main as converter_main
 
 ROOT = Path(__file__).resolve().parents[2]
 GLUON_PYTHON = Path(os.environ.get("BORT_GLUONNLP_PYTHON", ROOT / ".venv-gluonnlp" / "bin" / "python"))
@@ -168,14 +169,18 @@ def test_bad_options_and_existing_output(ref, specs, tmp_path, teacher_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no temporary folders left behind
 
 
-def test_cli_help_and_exit_codes(ref, specs, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    help_run = subprocess.run([sys.executable, str(CONVERTER), "--help"], capture_output=True, text=True, env=env,
-                              timeout=120)
-    assert help_run.returncode == 0
+def test_cli_help_and_exit_codes(ref, specs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        converter_main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
     for option in ("--model-name", "--num-attention-heads", "--hidden-act", "--layer-norm-eps", "--pad-token-id",
                    "--tokenizer", "--overwrite", "bort_4_8_768_1024", "roberta_24_1024_16"):
-        assert option in help_run.stdout, option
+        assert option in help_text, option
+    with pytest.raises(SystemExit) as exit_info:
+        converter_main([str(ref / "bort.params"), str(tmp_path / "y"), "--num-attention-heads", "0"])
+    assert exit_info.value.code == 2 and "--num-attention-heads must be >= 1" in capsys.readouterr().err
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     out = tmp_path / "bort_hf"
     ok = subprocess.run([sys.executable, str(CONVERTER), str(ref / "bort.params"), str(out), "--num-attention-heads",
                          str(specs["bort"]["heads"])], capture_output=True, text=True, env=env, timeout=120)
