@@ -292,3 +292,35 @@ def test_options_from_one_yaml_file_and_invalid_values(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             parse_args(argv)
         assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_trains_on_shards_from_create_pretraining_data(setup):
+    from data.create_pretraining_data import PretrainingDataConfig, run
+
+    shards = setup["root"] / "shards"
+    run(PretrainingDataConfig(input=[str(setup["text"])], output_dir=str(shards), tokenizer=str(setup["encoder"]),
+                              max_seq_length=32, num_shards=2, heldout_fraction=0.2, progress=False))
+    out = setup["root"] / "from_shards"
+    assert main(_args(setup, out, corpus=None, shards=shards, max_steps=2, save_steps=2)) == 0
+    rows = _rows(out / "train_log.csv")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_search_winner_folder_is_a_student(setup):
+    winner = setup["root"] / "winner"
+    torch.manual_seed(5)
+    BertModel(BertConfig(vocab_size=setup["tokenizer"].vocab_size, **{**TINY, "hidden_size": 16,
+                                                                      "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                                      "intermediate_size": 24})).save_pretrained(winner)
+    setup["tokenizer"].save_pretrained(winner)
+    (winner / "search_result.json").write_text(json.dumps({"architecture": {"num_hidden_layers": 1}}))
+    out = setup["root"] / "from_winner"
+    assert main(_args(setup, out, architecture=None, student=winner, max_steps=2, save_steps=2,
+                      learning_rate=1e-12)) == 0
+    trained = AutoModelForMaskedLM.from_pretrained(out / "model")
+    start = BertModel.from_pretrained(winner)
+    assert trained.config.hidden_size == 16 and trained.config.intermediate_size == 24
+    # the winner's weights are the starting point (a learning rate of 1e-12 leaves them in place)
+    torch.testing.assert_close(trained.bert.encoder.layer[0].intermediate.dense.weight,
+                               start.encoder.layer[0].intermediate.dense.weight, rtol=0, atol=1e-9)
