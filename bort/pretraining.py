@@ -248,10 +248,12 @@ class CsvLog:
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path, self.fields = path, None
+        if path.is_file() and resume_step is None:  # a run killed before its first checkpoint: start afresh
+            path.unlink()
         if path.is_file():
             with path.open(newline="") as f:
                 rows = list(csv.DictReader(f))
-            keep = [r for r in rows if resume_step is not None and int(r["step"]) <= resume_step]
+            keep = [r for r in rows if int(r["step"]) <= resume_step]
             tmp = path.with_name(f".{path.name}.tmp")
             with tmp.open("w", newline="") as f:
                 if rows:
@@ -330,9 +332,7 @@ class _Run:
 
         self.config, self.eng = config, eng
         self.out = Path(config.output_dir)
-        if eng.is_main:
-            _check_output_dir(config, self.out)
-        eng.barrier()
+        _check_output_dir(config, self.out)
         self.device = eng.device()
         self.precision = resolve_precision(config, self.device)
         config.teacher = config.teacher or default_teacher()
@@ -382,12 +382,23 @@ class _Run:
             from data.resources import default_corpus
 
             config.corpus = config.corpus or default_corpus()
-            for turn in (0, 1):  # the first process builds the cache, the others then read it
-                if (turn == 0) == eng.is_main:
-                    corpus = load_corpus(config.corpus, self.tokenizer, max_seq_length=config.max_seq_length,
-                                         heldout_fraction=config.heldout_fraction, seed=config.seed,
-                                         cache_dir=config.cache_dir, show_progress=config.progress and eng.is_main)
-                eng.barrier()
+            def load():
+                return load_corpus(config.corpus, self.tokenizer, max_seq_length=config.max_seq_length,
+                                   heldout_fraction=config.heldout_fraction, seed=config.seed,
+                                   cache_dir=config.cache_dir, show_progress=config.progress and eng.is_main)
+
+            # the first process builds the cache, the others then read it (or fail with the same message)
+            corpus, error = None, None
+            if eng.is_main:
+                try:
+                    corpus = load()
+                except DataError as exc:
+                    error = str(exc)
+            error = eng.gather_object(error)[0]
+            if error is not None:
+                raise DataError(error)
+            if corpus is None:
+                corpus = load()
             train, heldout = corpus.train, corpus.heldout
         self.max_seq_length = train.max_seq_length
         if self.max_seq_length > self.teacher.config.max_position_embeddings:
