@@ -16,7 +16,7 @@ import math
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 from transformers import (
+    AutoConfig,
     AutoModelForMultipleChoice,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -43,35 +44,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of one fine-tuning run (one Optuna trial / one Agora configuration θ).
+    """Hyperparameters of one fine-tuning run (one Optuna trial / one Agora configuration θ)."""
 
-    Attributes:
-        learning_rate: peak AdamW learning rate.
-        weight_decay: decoupled AdamW weight decay (Bort's grid uses 0–350).
-        warmup_fraction: share of the optimisation steps with linear warm-up, in [0, 1).
-        batch_size: examples per optimiser step (per process under torchrun).
-        seed: seed of the head's initialisation, data order and dropout.
-        num_train_epochs: passes over the training set (may be fractional).
-        max_steps: if > 0, the number of optimiser steps (overrides ``num_train_epochs``).
-        max_seq_length: tokens per sequence (clipped to the model's ``max_position_embeddings``).
-        eval_every: evaluate on dev every this many steps (0: once per epoch).
-        early_stopping_patience: stop after this many evaluations without improvement (0: never stop early).
-        max_train_examples: if > 0, a seeded random subsample of the training set of this size.
-        max_eval_examples: if > 0, the first this-many dev examples (for quick runs).
-    """
-
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    batch_size: int = 16
-    seed: int = 0
-    num_train_epochs: float = 3.0
-    max_steps: int = 0
-    max_seq_length: int = 128
-    eval_every: int = 0
-    early_stopping_patience: int = 3
-    max_train_examples: int = 0
-    max_eval_examples: int = 0
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "decoupled AdamW weight decay (Bort's grid: 0-350)"})
+    warmup_fraction: float = field(default=0.1, metadata={"help": "share of the steps with linear warm-up, in [0, 1)"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimiser step (per process under torchrun)"})
+    seed: int = field(default=0, metadata={"help": "seed of the head's initialisation, data order and dropout"})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "passes over the training set (may be fractional)"})
+    max_steps: int = field(default=0, metadata={"help": "optimiser steps; > 0 overrides --num-train-epochs"})
+    max_seq_length: int = field(default=128, metadata={
+        "help": "tokens per sequence; longer ones are truncated (counted in a warning); clipped to the model's positions"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate on dev every this many steps (0: once per epoch)"})
+    early_stopping_patience: int = field(default=3, metadata={
+        "help": "stop after this many dev evaluations without improvement (0: never)"})
+    max_train_examples: int = field(default=0, metadata={
+        "help": "if > 0, a seeded random subsample of the training set of this many examples"})
+    max_eval_examples: int = field(default=0, metadata={"help": "if > 0, only the first this-many dev examples"})
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0 or self.batch_size < 1 or self.max_seq_length < 8:
@@ -105,16 +94,20 @@ def load_model(task: Task, model_path: str) -> PreTrainedModel:
 
     A checkpoint already fine-tuned for a task with other labels is refused (its label names are compared).
     """
-    kwargs = {}
+    config = AutoConfig.from_pretrained(model_path)
+    has_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     if task.kind in ("classification", "multirc"):
-        kwargs = dict(num_labels=len(task.labels), id2label=dict(enumerate(task.labels)),
-                      label2id={l: i for i, l in enumerate(task.labels)})
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, **kwargs)
-        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        if names != list(task.labels):
-            raise DataError(f"{model_path}: model labels {names} differ from {task.name}'s {list(task.labels)}")
-        return model
+        if has_head:  # already fine-tuned: its labels must be the task's
+            names = [config.id2label[i] for i in range(config.num_labels)]
+            if names != list(task.labels):
+                raise DataError(f"{model_path}: model labels {names} differ from {task.name}'s {list(task.labels)}")
+            return AutoModelForSequenceClassification.from_pretrained(model_path)
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=len(task.labels), id2label=dict(enumerate(task.labels)),
+            label2id={label: i for i, label in enumerate(task.labels)})
     if task.kind == "regression":
+        if has_head and config.num_labels != 1:
+            raise DataError(f"{model_path}: a {config.num_labels}-label classifier cannot predict {task.name} scores")
         return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, problem_type="regression")
     return AutoModelForMultipleChoice.from_pretrained(model_path)
 
@@ -223,16 +216,18 @@ def make_collate(task: Task, pad_id: int) -> Callable[[list[dict]], dict[str, to
 
 def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor:
     """``[batch, num_labels]`` (classification), ``[batch]`` (regression) or ``[batch, choices]`` masked with -inf."""
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
     logits = model(**inputs).logits
     if task.kind == "regression":
         return logits.squeeze(-1)
     if task.kind in ("multiple_choice", "record"):
-        return logits.masked_fill(~batch["choice_mask"], float("-inf"))
+        return logits.masked_fill(~batch["choice_mask"].to(device), float("-inf"))
     return logits
 
 
 def _loss(task: Task, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    labels = labels.to(logits.device)
     if task.kind == "regression":
         return F.mse_loss(logits, labels)
     if task.kind == "record":
@@ -280,6 +275,13 @@ class RunResult:
     def score(self) -> float:
         """The first dev split's task score (mean of the task's metrics)."""
         return next(iter(self.dev_metrics.values()))["score"]
+
+
+def default_device() -> torch.device:
+    """The GPU of this process (``LOCAL_RANK`` under torchrun) when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def set_seed(seed: int) -> None:
@@ -351,6 +353,7 @@ def train(
                         collate_fn=collate, generator=generator if sampler is None else None)
     total = config.max_steps if config.max_steps > 0 else math.ceil(len(loader) * config.num_train_epochs)
     eval_every = config.eval_every or len(loader)
+    model.to(default_device())
     module = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     optimizer = _optimizer(model, config)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total), total)
@@ -409,6 +412,7 @@ def _evaluate(model, task: Task, dev_sets, dev_features, collate, batch_size: in
 def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
             max_seq_length: int = 128, batch_size: int = 32) -> np.ndarray:
     """Predictions (class/choice indices, or scores for regression) for ``examples`` in order."""
+    model.to(default_device())
     features, truncated = encode(task, examples, tokenizer, effective_max_length(model, max_seq_length))
     if truncated:
         logger.warning("%s: %d sequences were truncated", task.name, truncated)
