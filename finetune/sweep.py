@@ -3,7 +3,7 @@
 The study lives in an Optuna storage (SQLite file by default, any SQLAlchemy URL such as PostgreSQL), so an
 interrupted sweep resumes where it stopped and several workers started with the same ``--storage`` and
 ``--study-name`` share the trials. Trials left ``RUNNING`` by a killed worker are detected by their heartbeat
-(``heartbeat_interval``), marked failed and re-queued with the same parameters (``RetryFailedTrialCallback``).
+(``heartbeat_interval``), marked failed and re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``).
 Each trial trains with early stopping on dev; its objective is the task score on the first dev split (maximised).
 Only the best trial's model is kept (``trials/trial_<n>``), and at the end it is copied to ``best/``.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import yaml
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
@@ -94,7 +94,7 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
     folder.mkdir(parents=True, exist_ok=True)
     url = sweep.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     storage = RDBStorage(url, heartbeat_interval=sweep.heartbeat_interval, grace_period=2 * sweep.heartbeat_interval,
-                         failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     if sweep.sampler == "grid":
         sampler = optuna.samplers.GridSampler(space, seed=sweep.sampler_seed)
     else:
