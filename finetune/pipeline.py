@@ -10,7 +10,7 @@ from pathlib import Path
 from finetune.metrics import compute_metrics
 from finetune.submission import write_submission
 from finetune.tasks import DataError, Example, Task, get_task
-from finetune.trainer import RunResult, TrainConfig, load_model, load_tokenizer, predict, save_run, train
+from finetune.trainer import RunResult, TrainConfig, load_model, load_tokenizer, predict, save_run, set_seed, train
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
     data_dir = resolve_data_dir(task, config.data_dir)
     train_file_examples, dev_sets = load_splits(task, data_dir)
     tokenizer = load_tokenizer(config.model, config.tokenizer or None)
+    set_seed(config.train.seed)  # the fresh head's initialisation follows the configuration's seed
     model = load_model(task, config.model)
     result = train(task, model, tokenizer, train_examples if train_examples is not None else train_file_examples,
                    dev_sets, config.train, on_evaluate=on_evaluate, progress=progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 
@@ -15,6 +16,7 @@ def tiny_model(tmp_path_factory, teacher_path: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)  # the same tiny model in every test session
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

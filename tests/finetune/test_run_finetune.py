@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 
 from finetune.run_finetune import main
 from finetune.tasks import get_task
-from finetune.trainer import TrainConfig, encode, load_model, load_tokenizer, train
+from finetune.trainer import TrainConfig, encode, load_model, load_tokenizer, set_seed, train
 
 TINY = ["--max-train-examples", "48", "--max-steps", "6", "--eval-every", "3", "--max-seq-length", "64",
         "--learning-rate", "1e-3", "--batch-size", "8", "--quiet"]
@@ -35,16 +35,18 @@ def test_one_run_saves_model_metrics_config_and_submission(tiny_model, tmp_path,
 
 @pytest.mark.parametrize("name", ["STS-B", "COPA"])
 def test_regression_and_multiple_choice_heads_learn(name, tiny_model, glue_dir, superglue_dir):
-    """A few steps on a handful of examples lower the training loss (regression head, multiple-choice head)."""
+    """The regression and multiple-choice heads fit a handful of examples: loss down, score far above chance."""
     task = get_task(name)
     root = glue_dir if task.benchmark == "glue" else superglue_dir
     examples = task.read(root, "train" if task.train and name == "STS-B" else "val")[:16]
+    set_seed(0)
     tokenizer, model = load_tokenizer(str(tiny_model)), load_model(task, str(tiny_model))
     result = train(task, model, tokenizer, examples, {"dev": examples},
-                   TrainConfig(learning_rate=3e-3, batch_size=16, max_steps=30, eval_every=10, warmup_fraction=0.0,
+                   TrainConfig(learning_rate=1e-2, batch_size=16, max_steps=60, eval_every=10, warmup_fraction=0.0,
                                early_stopping_patience=0, max_seq_length=64, weight_decay=0.0), progress=False)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
-    assert result.history[-1]["score"] > result.history[0]["score"] or result.history[-1]["score"] >= 0.9
+    # Fitting 16 training examples: far above chance (Pearson 0, accuracy 1/2) on them.
+    assert result.score > (0.5 if name == "STS-B" else 0.9)
 
 
 def test_unknown_task_exits_2_listing_tasks(capsys):
