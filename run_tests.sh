@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install -q -r requirements.txt -r requirements-dev.txt
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# tests read local files only; never reach for the hub
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 python -m pytest "$@"

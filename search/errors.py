@@ -1,0 +1,11 @@
+"""The exceptions that mean "bad input" to the search's entry point (exit status 2, one-line message)."""
+
+from __future__ import annotations
+
+from bort.architecture import ArchitectureError
+from bort.modeling import TeacherError
+from data.errors import DataError
+from search.runner import SearchError
+from search.space import SpaceError
+
+INPUT_ERRORS = (ArchitectureError, TeacherError, DataError, SearchError, SpaceError)

@@ -1,0 +1,59 @@
+"""Find the optimal subarchitecture of a BERT-family teacher with the Bort FPTAS search.
+
+    python search/run_fptas.py                      # defaults: all-MiniLM-L6-v2 on WikiText-2
+    python search/run_fptas.py --tiny               # smoke test, under a minute
+    python search/run_fptas.py --help               # every option, with units
+    python search/run_fptas.py my_search.yaml       # all options from one JSON/YAML file
+
+Re-running with the same --output-dir resumes. Exit status 2 on bad input, with a one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transformers import HfArgumentParser  # noqa: E402
+
+from search.config import SearchConfig  # noqa: E402
+
+
+def parse_args(argv: list[str]) -> SearchConfig:
+    parser = HfArgumentParser(SearchConfig, description=__doc__.split("\n\n")[0], prog="run_fptas.py")
+    try:
+        if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+            parse = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+            (config,) = parse(argv[0], allow_extra_keys=False)
+        else:
+            (config,) = parser.parse_args_into_dataclasses(argv)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # imported after parsing so that --help answers at once
+    from search.runner import run_search
+    from search.errors import INPUT_ERRORS
+
+    try:
+        summary = run_search(config)
+    except INPUT_ERRORS as exc:
+        print(f"run_fptas.py: error: {exc}", file=sys.stderr)
+        return 2
+    w = summary["winner"]
+    rel = summary["relative_to_maximum_point"]
+    print(f"winner: {w['name']}  W={w['W']:.4f}  e={w['e']:.4f}  "
+          f"parameters {w['params_effective'] / 1e6:.2f}M effective / {w['params_total'] / 1e6:.2f}M total  "
+          f"({rel['p']:.1%} of T's p, {rel['i']:.1%} of T's i)")
+    print(f"results: {summary['output_dir']} (architectures.csv, pareto_front.json, search.png, winner/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

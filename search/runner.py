@@ -1,0 +1,437 @@
+"""The FPTAS search recipe (de Wynter 2020, arXiv 2010.08512; Bort, arXiv 2010.10499 §3), top to bottom:
+
+1. resolve and validate every input (teacher, corpus, space, ε, Θ, loss) before writing anything;
+2. compute p and i for every architecture of Ξ (closed-form counts and FLOPs; measured latency, cached);
+3. sort Ξ by p and take one candidate per interval of ε architectures;
+4. train each candidate for s steps under each θ ∈ Θ on the same batches, measure e on the same held-out batches;
+5. keep the best W per candidate and return the architecture with the largest W.
+
+Every (candidate, θ) is one trial of an Optuna study minimising (p, i, e), so a re-run with the same output folder
+skips finished work, and the study's Pareto front is the front of the evaluated architectures.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+import transformers
+from optuna.distributions import CategoricalDistribution, IntDistribution
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from bort.architecture import Architecture
+from bort.counting import count_parameters, flops_per_sequence
+from bort.distill import DistillationLoss, default_weights
+from bort.latency import LatencyProfile, measure_latency
+from bort.modeling import build_or_extract, build_student, has_mlm_head, load_teacher, load_teacher_config, set_dropout
+from bort.training import OptimConfig, TeacherOutputs, distill, evaluate
+from data.collator import MaskingCollator
+from data.corpus import load_corpus
+from data.resources import default_corpus, default_teacher
+from search.config import SearchConfig
+from search.fptas import interval_candidates, w_coefficient
+from search.report import atomic_write_json, write_results
+from search.space import DIMENSIONS, default_space, load_space
+
+logger = logging.getLogger(__name__)
+STUDY_NAME = "fptas"
+LATENCY_VOCAB_SIZE = 1024
+
+
+class SearchError(ValueError):
+    """An input the search cannot use (named in the message)."""
+
+
+@dataclass
+class Inputs:
+    """Everything resolved from the config before any output is written."""
+
+    teacher_name: str
+    teacher_config: PretrainedConfig
+    corpus: list[str]
+    archs: list[Architecture]
+    space_dict: dict
+    epsilon: int
+    thetas: list[OptimConfig]
+    loss_weights: dict[str, float]
+    relation_heads: int
+    output_dir: Path
+
+
+@dataclass
+class SearchSetup:
+    """The loaded inputs of a search: shared by the runner and the benchmarks."""
+
+    config: SearchConfig
+    inputs: Inputs
+    teacher: PreTrainedModel
+    tokenizer: object
+    corpus: object
+
+
+def setup_search(config: SearchConfig) -> SearchSetup:
+    """Step 1: resolve, validate and load every input. Writes nothing but the token cache.
+
+    Raises:
+        SearchError, SpaceError, TeacherError, ArchitectureError, DataError: on bad input.
+    """
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if not config.progress:
+        transformers.utils.logging.disable_progress_bar()
+    inputs = _resolve_inputs(config)
+    teacher = load_teacher(inputs.teacher_name)
+    tokenizer = _load_tokenizer(inputs.teacher_name)
+    corpus = load_corpus(inputs.corpus, tokenizer, max_seq_length=config.max_seq_length,
+                         heldout_fraction=config.heldout_fraction, seed=config.seed, cache_dir=config.cache_dir,
+                         show_progress=config.progress)
+    return SearchSetup(config, inputs, teacher, tokenizer, corpus)
+
+
+def run_search(config: SearchConfig) -> dict:
+    """Run the whole search; returns the summary written to ``summary.json``.
+
+    Raises:
+        SearchError, SpaceError, TeacherError, ArchitectureError, DataError: on bad input, before anything is written.
+    """
+    setup = setup_search(config)
+    inputs, teacher, tokenizer, corpus = setup.inputs, setup.teacher, setup.tokenizer, setup.corpus
+    # all inputs are valid: from here on, results are written
+    inputs.output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = _resolved_config(config, inputs, corpus)
+    atomic_write_json(inputs.output_dir / "config.json", resolved)
+    study = _open_study(config, inputs, resolved)
+
+    rows = _measure_architectures(config, inputs, teacher)
+    p_max, i_max = _maximum_point(config, inputs, rows, teacher)
+    key_p = f"params_{config.parameter_count}"
+    key_i = "flops" if config.cost == "flops" else "latency_ms"
+    candidates = interval_candidates([r[key_p] for r in rows], [r[key_i] for r in rows], inputs.epsilon, p_max, i_max)
+    for k in candidates:
+        rows[k]["candidate"] = True
+    if config.latency == "candidates":
+        _add_latencies(config, inputs, [rows[k] for k in candidates], teacher)
+
+    train_batches, heldout_batches = materialize_batches(config, corpus, tokenizer)
+    teacher_outputs = make_teacher_outputs(setup)
+    _evaluate_candidates(config, inputs, study, teacher, tokenizer, rows, candidates, train_batches, heldout_batches,
+                         teacher_outputs, p_max, i_max, key_p, key_i)
+    summary = write_results(inputs.output_dir, study, rows, resolved, p_max=p_max, i_max=i_max, key_p=key_p,
+                            key_i=key_i)
+    _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_batches, heldout_batches,
+                           teacher_outputs)
+    return summary
+
+
+# --- 1. inputs ---------------------------------------------------------------------------------------------------
+
+def _resolve_inputs(config: SearchConfig) -> Inputs:
+    teacher_name = config.teacher or default_teacher()
+    teacher_config = load_teacher_config(teacher_name)
+    space = load_space(config.space) if config.space else default_space(teacher_config)
+    archs = space.validate(teacher_config)
+    epsilon = config.epsilon if config.epsilon is not None else math.ceil(len(archs) / config.num_candidates)
+    if not 1 <= epsilon <= len(archs):
+        raise SearchError(f"--epsilon={epsilon} is outside 1..|Ξ| = 1..{len(archs)} for space {space.source}")
+    weights = config.loss_weights() or default_weights(has_mlm_head(teacher_config))
+    if ("logits" in weights or "mlm" in weights) and not has_mlm_head(teacher_config):
+        raise SearchError(f"--loss uses logits/mlm but teacher {teacher_name} has no masked-LM head "
+                          f"(use attention_relations and/or hidden_states)")
+    relation_heads = config.relation_heads or teacher_config.num_attention_heads
+    if weights.get("attention_relations", 0) > 0:
+        widths = {a.hidden_size for a in archs} | {teacher_config.hidden_size}
+        bad = sorted(w for w in widths if w % relation_heads)
+        if bad:
+            raise SearchError(f"--relation-heads={relation_heads} does not divide hidden_size {bad} of the space "
+                              f"{space.source}; pick a common divisor")
+    thetas = [OptimConfig(learning_rate=lr, weight_decay=wd, warmup=wu)
+              for lr, wd, wu in itertools.product(config.learning_rate, config.weight_decay, config.warmup)]
+    output_dir = Path(config.output_dir)
+    _check_writable(output_dir)
+    return Inputs(teacher_name, teacher_config, config.corpus or default_corpus(), archs, space.to_dict(), epsilon,
+                  thetas, weights, relation_heads, output_dir)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail early, without creating anything, if ``path`` cannot become a writable folder."""
+    if path.exists() and not path.is_dir():
+        raise SearchError(f"--output-dir {path} exists and is not a folder")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SearchError(f"--output-dir {path} is not writable ({ancestor} does not permit writing)")
+
+
+def _load_tokenizer(name: str):
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if not tokenizer.is_fast:
+        raise SearchError(f"teacher {name} has no fast tokenizer (tokenizer.json); the corpus pipeline needs one")
+    return tokenizer
+
+
+def _resolved_config(config: SearchConfig, inputs: Inputs, corpus) -> dict:
+    return {
+        "options": config.to_dict(),
+        "resolved": {
+            "teacher": inputs.teacher_name,
+            "teacher_architecture": Architecture.from_config(inputs.teacher_config).to_dict(),
+            "teacher_model_type": inputs.teacher_config.model_type,
+            "corpus": inputs.corpus,
+            "corpus_cache": str(corpus.cache_path),
+            "corpus_stats": corpus.stats,
+            "space": inputs.space_dict,
+            "space_size": len(inputs.archs),
+            "epsilon": inputs.epsilon,
+            "thetas": [t.to_dict() for t in inputs.thetas],
+            "loss_weights": inputs.loss_weights,
+            "relation_heads": inputs.relation_heads,
+        },
+        "versions": {"torch": torch.__version__, "optuna": optuna.__version__,
+                     "transformers": transformers.__version__},
+    }
+
+
+def _open_study(config: SearchConfig, inputs: Inputs, resolved: dict) -> optuna.Study:
+    """The study of this output folder; refuses one created with different search-defining settings."""
+    storage = config.storage or f"sqlite:///{(inputs.output_dir / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
+                                directions=["minimize", "minimize", "minimize"])
+    defining = _defining_settings(config, resolved)
+    stored = study.user_attrs.get("defining_settings")
+    if stored is None:
+        study.set_user_attr("defining_settings", defining)
+        study.set_metric_names([f"p ({config.parameter_count} parameters)", f"i ({config.cost})", "e (held-out loss)"])
+    elif stored != defining:
+        differing = sorted(k for k in set(stored) | set(defining) if stored.get(k) != defining.get(k))
+        raise SearchError(f"the study in {storage} was created with other settings ({', '.join(differing)}); "
+                          f"use another --output-dir or --storage")
+    return study
+
+
+def _defining_settings(config: SearchConfig, resolved: dict) -> dict:
+    """The settings that change what a trial computes: results under other settings must not be mixed."""
+    r = resolved["resolved"]
+    keys = ("steps", "batch_size", "eval_batches", "max_seq_length", "heldout_fraction", "init", "temperature",
+            "dropout", "cost", "parameter_count", "maximum_point", "seed")
+    out = {k: config.to_dict()[k] for k in keys}
+    out.update(teacher=r["teacher"], teacher_architecture=r["teacher_architecture"], corpus_cache=Path(
+        r["corpus_cache"]).name, space=r["space"], loss_weights=r["loss_weights"], relation_heads=r["relation_heads"])
+    return json.loads(json.dumps(out))  # the JSON form, as stored
+
+
+# --- 2. p and i for every architecture ---------------------------------------------------------------------------
+
+def _measure_architectures(config: SearchConfig, inputs: Inputs, teacher: PreTrainedModel) -> list[dict]:
+    pooler = getattr(teacher.base_model, "pooler", None) is not None
+    rows = []
+    for arch in inputs.archs:
+        params = count_parameters(arch, inputs.teacher_config, pooler=pooler)
+        rows.append({"name": arch.name, **arch.to_dict(), "params_total": params.total,
+                     "params_effective": params.effective,
+                     "flops": flops_per_sequence(arch, config.max_seq_length, pooler=pooler),
+                     "latency_ms": None, "candidate": False})
+    if config.latency == "all":
+        _add_latencies(config, inputs, rows, teacher)
+    return rows
+
+
+def _latency_profile(config: SearchConfig) -> LatencyProfile:
+    return LatencyProfile(batch_size=config.latency_batch_size, seq_len=config.max_seq_length,
+                          threads=config.threads, warmup=config.latency_warmup, repeats=config.latency_repeats)
+
+
+def _add_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict], teacher: PreTrainedModel) -> None:
+    """Fill ``latency_ms`` of ``rows``, reusing the measurements cached in the output folder under the same profile."""
+    profile = _latency_profile(config)
+    cache_file = inputs.output_dir / "latency.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    if cache.get("profile") != profile.to_dict():
+        cache = {"profile": profile.to_dict(), "ms": {}}
+    todo = [r for r in rows if r["name"] not in cache["ms"]]
+    # An embedding lookup costs the same whatever the table's size, so latency models get a small vocabulary:
+    # building 300 models then takes seconds instead of minutes of initialising 30k-row tables.
+    latency_config = copy.deepcopy(inputs.teacher_config)
+    latency_config.vocab_size = min(latency_config.vocab_size, LATENCY_VOCAB_SIZE)
+    for row in tqdm(todo, desc="latency", unit="arch", disable=not config.progress or not todo):
+        arch = Architecture(**{d: row[d] for d in DIMENSIONS})
+        model = build_student(arch, latency_config, seed=config.seed)
+        cache["ms"][row["name"]] = measure_latency(model, profile, vocab_size=latency_config.vocab_size).mean_ms
+        del model
+    if todo:
+        atomic_write_json(cache_file, cache)
+    for row in rows:
+        row["latency_ms"] = cache["ms"][row["name"]]
+
+
+def _maximum_point(config: SearchConfig, inputs: Inputs, rows: list[dict], teacher: PreTrainedModel):
+    """p(T) and i(T) for the chosen maximum point T."""
+    key_p = f"params_{config.parameter_count}"
+    if config.maximum_point == "space":
+        top = max(rows, key=lambda r: (r[key_p], r["flops"]))
+        if config.cost == "latency" and top["latency_ms"] is None:
+            _add_latencies(config, inputs, [top], teacher)
+        return top[key_p], (top["flops"] if config.cost == "flops" else top["latency_ms"])
+    arch = Architecture.from_config(inputs.teacher_config)
+    pooler = getattr(teacher.base_model, "pooler", None) is not None
+    params = count_parameters(arch, inputs.teacher_config, pooler=pooler)
+    p = params.effective if config.parameter_count == "effective" else params.total
+    if config.cost == "flops":
+        return p, flops_per_sequence(arch, config.max_seq_length, pooler=pooler)
+    row = {"name": "teacher", **arch.to_dict()}
+    _add_latencies(config, inputs, [row], teacher)
+    return p, row["latency_ms"]
+
+
+# --- 4. training the candidates ----------------------------------------------------------------------------------
+
+def materialize_batches(config: SearchConfig, corpus, tokenizer):
+    """The s training batches (shuffled, cycled over epochs) and |B| held-out batches, masked with fixed seeds.
+
+    Every candidate and θ trains on exactly these batches, so their e values compare like with like.
+    """
+    n_train = len(corpus.train)
+    generator = torch.Generator().manual_seed(config.seed)
+    needed = config.steps * config.batch_size
+    order = torch.cat([torch.randperm(n_train, generator=generator) for _ in range(math.ceil(needed / n_train))])
+    collate = MaskingCollator(tokenizer, seed=config.seed)
+    train = [collate([corpus.train[int(k)] for k in order[s * config.batch_size:(s + 1) * config.batch_size]])
+             for s in range(config.steps)]
+    n_held = min(len(corpus.heldout), config.eval_batches * config.batch_size)
+    if n_held == 0:
+        raise SearchError("the held-out split is empty: raise --heldout-fraction or give more text")
+    collate_held = MaskingCollator(tokenizer, seed=config.seed + 1)
+    held = [collate_held([corpus.heldout[k] for k in range(s, min(s + config.batch_size, n_held))])
+            for s in range(0, n_held, config.batch_size)]
+    return train, held
+
+
+def make_teacher_outputs(setup: SearchSetup) -> TeacherOutputs:
+    """The teacher-output cache shared by every candidate (the relation targets do not depend on the student)."""
+    reference = _loss_fn(setup.config, setup.inputs, setup.inputs.teacher_config.hidden_size)
+    return TeacherOutputs(setup.teacher, reference, max_bytes=int(setup.config.teacher_cache_gib * 2**30))
+
+
+def _loss_fn(config: SearchConfig, inputs: Inputs, student_hidden_size: int) -> DistillationLoss:
+    return DistillationLoss(inputs.loss_weights, student_hidden_size=student_hidden_size,
+                            teacher_hidden_size=inputs.teacher_config.hidden_size,
+                            relation_heads=inputs.relation_heads, temperature=config.temperature)
+
+
+def train_candidate(config: SearchConfig, inputs: Inputs, teacher, arch: Architecture, theta: OptimConfig,
+                    train_batches, heldout_batches, teacher_outputs, progress=None):
+    """Step 4 for one (candidate, θ): build or extract the student, distil it for ``config.steps`` steps on
+    ``train_batches``, and return (student, held-out loss terms, training losses). e(b) is ``terms["loss"]``."""
+    torch.manual_seed(config.seed)
+    student = build_or_extract(arch, teacher, init=config.init, seed=config.seed)
+    set_dropout(student, config.dropout)
+    loss_fn = _loss_fn(config, inputs, arch.hidden_size)
+    losses = distill(student, loss_fn, train_batches, teacher_outputs, theta, steps=config.steps, progress=progress)
+    terms = evaluate(student, loss_fn, heldout_batches, teacher_outputs)
+    return student, terms, losses
+
+
+def _evaluate_candidates(config, inputs, study, teacher, tokenizer, rows, candidates, train_batches, heldout_batches,
+                         teacher_outputs, p_max, i_max, key_p, key_i) -> None:
+    done = {(_trial_key(t)) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    waiting = {(_trial_key(t)) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
+    distributions = {d: CategoricalDistribution(sorted({getattr(a, d) for a in inputs.archs})) for d in DIMENSIONS}
+    distributions["theta"] = IntDistribution(0, len(inputs.thetas) - 1)
+    pending = []
+    for k in candidates:
+        for t in range(len(inputs.thetas)):
+            key = (rows[k]["name"], t)
+            if key not in done:
+                pending.append(key)
+                if key not in waiting:
+                    study.enqueue_trial({**{d: rows[k][d] for d in DIMENSIONS}, "theta": t})
+    by_name = {r["name"]: r for r in rows}
+    logger.info("%d of %d evaluations already done", len(candidates) * len(inputs.thetas) - len(pending),
+                len(candidates) * len(inputs.thetas))
+    bar = tqdm(total=len(pending) * config.steps, desc="distilling candidates", unit="step",
+               disable=not config.progress or not pending)
+    tokens_per_step = config.batch_size * config.max_seq_length
+    for _ in range(len(pending)):
+        trial = study.ask(distributions)
+        arch = Architecture(**{d: trial.params[d] for d in DIMENSIONS})
+        theta = inputs.thetas[trial.params["theta"]]
+        row = by_name[arch.name]
+        bar.set_description(f"{arch.name} θ{trial.params['theta']}")
+        start = time.perf_counter()
+        try:
+            student, terms, losses = train_candidate(config, inputs, teacher, arch, theta, train_batches,
+                                                      heldout_batches, teacher_outputs, bar)
+        except Exception:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        seconds = time.perf_counter() - start
+        e = terms["loss"]
+        w = w_coefficient(row[key_p], row[key_i], e, p_max, i_max)
+        trial.set_user_attr("W", w)
+        trial.set_user_attr("terms", terms)
+        trial.set_user_attr("theta_values", theta.to_dict())
+        trial.set_user_attr("train_loss_first_last", [losses[0], losses[-1]])
+        trial.set_user_attr("train_seconds", seconds)
+        trial.set_user_attr("tokens_per_second", tokens_per_step * config.steps / seconds)
+        best = _best_w(study)
+        if best is None or w > best:
+            save_winner(inputs.output_dir / "winner", student, tokenizer,
+                        {"architecture": arch.to_dict(), "theta": theta.to_dict(), "W": w, "e": e})
+        study.tell(trial, [row[key_p], row[key_i], e])
+    bar.close()
+
+
+def _trial_key(trial: optuna.trial.FrozenTrial) -> tuple[str, int]:
+    arch = Architecture(**{d: trial.params[d] for d in DIMENSIONS})
+    return arch.name, trial.params["theta"]
+
+
+def _best_w(study: optuna.Study) -> float | None:
+    ws = [t.user_attrs["W"] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    return max(ws) if ws else None
+
+
+# --- 5. the winner -----------------------------------------------------------------------------------------------
+
+def save_winner(folder: Path, model: PreTrainedModel, tokenizer, info: dict) -> None:
+    """Write a Hugging Face folder (config, weights, tokenizer, search_result.json) atomically in place of ``folder``."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "search_result.json").write_text(json.dumps(info, indent=2))
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_batches, heldout_batches,
+                           teacher_outputs) -> None:
+    """Make ``winner/`` hold the best trial's short-trained weights (retraining it, deterministically, if a killed
+    run left another architecture there)."""
+    folder = inputs.output_dir / "winner"
+    info_file = folder / "search_result.json"
+    winner = summary["winner"]
+    if info_file.is_file():
+        saved = json.loads(info_file.read_text())
+        if saved["architecture"] == winner["architecture"] and saved["theta"] == winner["theta"]:
+            return
+    student, _, _ = train_candidate(config, inputs, teacher, Architecture(**winner["architecture"]),
+                                     OptimConfig(**winner["theta"]), train_batches, heldout_batches, teacher_outputs)
+    save_winner(folder, student, tokenizer, {k: winner[k] for k in ("architecture", "theta", "W", "e")})

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from transformers import AutoModel, BertConfig
+
+from bort.architecture import Architecture
+from bort.distill import DistillationLoss
+from bort.modeling import build_or_extract
+from bort.training import OptimConfig, TeacherOutputs, distill, evaluate, parameter_groups
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    teacher = AutoModel.from_config(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=4, intermediate_size=48,
+                                               attn_implementation="eager")).eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 100, (4, 12), generator=gen),
+                "attention_mask": torch.ones(4, 12, dtype=torch.long)} for _ in range(3)]
+    return teacher, batches
+
+
+def loss_for(width):
+    return DistillationLoss({"attention_relations": 1.0, "hidden_states": 1.0}, student_hidden_size=width,
+                            teacher_hidden_size=32, relation_heads=4)
+
+
+def test_no_weight_decay_on_bias_and_layer_norm(setup):
+    teacher, _ = setup
+    decay, no_decay = parameter_groups([teacher], 0.01)
+    names = {id(p): n for n, p in teacher.named_parameters()}
+    assert all("bias" in names[id(p)] or "LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert all("bias" not in names[id(p)] and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(teacher.parameters()))
+
+
+def test_distillation_lowers_the_loss(setup):
+    teacher, batches = setup
+    student = build_or_extract(Architecture(1, 2, 16, 24), teacher, init="random")
+    loss_fn = loss_for(16)
+    cache = TeacherOutputs(teacher, loss_fn)
+    before = evaluate(student, loss_fn, batches, cache)["loss"]
+    distill(student, loss_fn, batches, cache, OptimConfig(learning_rate=3e-3, warmup=0.0), steps=30)
+    after = evaluate(student, loss_fn, batches, cache)["loss"]
+    assert after < 0.8 * before
+
+
+def test_teacher_outputs_are_cached_within_budget(setup):
+    teacher, batches = setup
+    calls = []
+    hook = teacher.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        cache = TeacherOutputs(teacher, loss_for(16))
+        first = cache(("train", 0), batches[0])
+        assert cache(("train", 0), batches[0]) is first and len(calls) == 1
+        assert cache.nbytes == first.nbytes() > 0
+        uncached = TeacherOutputs(teacher, loss_for(16), max_bytes=0)
+        uncached(("train", 0), batches[0])
+        uncached(("train", 0), batches[0])
+        assert len(calls) == 3 and uncached.nbytes == 0
+    finally:
+        hook.remove()
+
+
+def test_non_finite_loss_names_the_step(setup):
+    teacher, batches = setup
+    student = build_or_extract(Architecture(1, 2, 16, 24), teacher, init="random")
+    with torch.no_grad():
+        student.embeddings.word_embeddings.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="at step 0"):
+        distill(student, loss_for(16), batches, TeacherOutputs(teacher, loss_for(16)), OptimConfig(), steps=2)
+
+
+def test_optim_config_validation():
+    with pytest.raises(ValueError, match="warmup"):
+        OptimConfig(warmup=1.5)
