@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +25,9 @@ def _save(fig, path: Path) -> None:
 
 def plot_sweep(study: optuna.Study, path: Path) -> None:
     """Dev score of every trial and the running best (``optuna.visualization.matplotlib``), saved as PNG."""
-    ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="dev score")
+    with warnings.catch_warnings():  # the matplotlib backend is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="dev score")
     ax.set_title(f"{study.study_name}: dev score per trial")
     _save(ax.figure, Path(path))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -93,8 +94,11 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
     folder = sweep_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     url = sweep.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    storage = RDBStorage(url, heartbeat_interval=sweep.heartbeat_interval, grace_period=2 * sweep.heartbeat_interval,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(url, heartbeat_interval=sweep.heartbeat_interval,
+                             grace_period=2 * sweep.heartbeat_interval,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     if sweep.sampler == "grid":
         sampler = optuna.samplers.GridSampler(space, seed=sweep.sampler_seed)
     else:
