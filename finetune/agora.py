@@ -33,7 +33,7 @@ from pathlib import Path
 from sklearn.metrics import accuracy_score
 
 from finetune.metrics import compute_metrics
-from finetune.pipeline import RunConfig, load_splits, resolve_data_dir, run_once, save_trained
+from finetune.pipeline import RunConfig, load_splits, predict_tests, resolve_data_dir, run_once, save_trained
 from finetune.sweep import load_space
 from finetune.tasks import Example, Task, get_task
 from finetune.trainer import RunResult, load_model, load_tokenizer, predict, save_run, subsample
@@ -173,6 +173,8 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
     dev_name, dev = next(iter(dev_sets.items()))
     # The original training set is fixed once (subsample, holdout) so every configuration sees the same data.
     base = subsample(train_all, run.train.max_train_examples, agora.agora_seed)
+    if run.train.max_eval_examples > 0:
+        dev = dev[: run.train.max_eval_examples]
     mining = dev
     if agora.mine_on == "holdout":
         rng = random.Random(agora.agora_seed)
@@ -218,7 +220,8 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
             result, model, tokenizer = run_once(config, train_examples=train_set, save=False, progress=progress)
             state["scores"][key] = result.score
             if state["round_best"] is None or result.score > state["round_best"]["score"]:
-                save_trained(config, task, model, tokenizer, result, data_dir, folder=round_dir / "best",
+                save_trained(replace(config, predict_test=False), task, model, tokenizer, result, data_dir,
+                             folder=round_dir / "best",
                              extra={"agora_round": k, "train_size": len(train_set)})
                 state["round_best"] = {"score": result.score, "config": params, "metrics": result.dev_metrics}
             _atomic_json(state_path, state)
@@ -260,6 +263,10 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
         logger.info("Agora %s round %d: best dev %.4f, %d errors, %d added, Θ now %d", task.name, k,
                     record["best_score"], len(errors), len(new), len(state["theta"]))
 
+    if run.predict_test and state["best"] is not None:
+        best = str(folder / "best")
+        predict_tests(task, load_model(task, best), load_tokenizer(best), data_dir, folder / "best" / "predictions",
+                      run.train.max_seq_length)
     rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()] \
         if (folder / "rounds.jsonl").is_file() else []
     if rounds:
