@@ -10,7 +10,7 @@ table says so. (b) and (c) sample the same space (``--space``; default Bort's gr
 ``--max-train-examples`` are subsampled (seeded). Dev sets are used whole.
 
 Usage (the numbers in the README were produced with the command printed at the top of the output):
-    OMP_NUM_THREADS=1 python bench/bench_finetune_quality.py --budget-steps 48 --output-dir bench_out/finetune
+    OMP_NUM_THREADS=1 python bench/bench_finetune_quality.py --budget-steps 48 --output-dir outputs/bench_finetune
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--agora-configs", type=int, default=2, help="(c): |Θ| (default: 2)")
     p.add_argument("--agora-rounds", type=int, default=2, help="(c): rounds (default: 2)")
     p.add_argument("--space", default="", help="JSON/YAML space for (b) and (c) (default: Bort's grid)")
-    p.add_argument("--output-dir", default="bench_out/finetune", help="output folder (default: %(default)s)")
+    p.add_argument("--output-dir", default="outputs/bench_finetune", help="output folder (default: %(default)s)")
     return p.parse_args(argv)
 
 

@@ -7,6 +7,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data.resources import data_root, default_glue_dir, default_superglue_dir, default_teacher
 from finetune.metrics import compute_metrics
 from finetune.submission import write_submission
 from finetune.tasks import DataError, Example, Task, get_task
@@ -26,7 +27,7 @@ class RunConfig:
     tokenizer: str = field(default="", metadata={"help": "tokenizer folder or hub name (default: the model's)"})
     data_dir: str = field(default="", metadata={
         "help": "benchmark folder in the official layout (GLUE, SuperGLUE or RACE; default: the local data folder)"})
-    output_dir: str = field(default="finetune_output", metadata={"help": "output folder (one sub-folder per task)"})
+    output_dir: str = field(default="outputs/finetune", metadata={"help": "output folder (one sub-folder per task)"})
     predict_test: bool = field(default=True, metadata={
         "help": "write test-set predictions in the leaderboard format (and the task's diagnostics)"})
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -34,8 +35,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.task = get_task(self.task).name
         if not self.model:
-            from data.resources import default_teacher
-
             self.model = default_teacher()
 
     @property
@@ -51,8 +50,6 @@ def resolve_data_dir(task: Task, data_dir: str = "") -> Path:
     """
     if data_dir:
         return Path(data_dir)
-    from data.resources import data_root, default_glue_dir, default_superglue_dir
-
     root = data_root()
     default = {"glue": default_glue_dir(), "superglue": default_superglue_dir(),
                "race": str(root / "race") if root is not None and (root / "race").is_dir() else None}[task.benchmark]
