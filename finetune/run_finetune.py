@@ -3,7 +3,7 @@
 Examples:
     python finetune/run_finetune.py RTE                                    # one run of the teacher on GLUE RTE
     python finetune/run_finetune.py MRPC CB --mode sweep --n-trials 8 --sampler tpe
-    python finetune/run_finetune.py CB --mode agora --model runs/bort_student --n-configs 4
+    python finetune/run_finetune.py CB --mode agora --model outputs/fptas/winner --n-configs 4
     python finetune/run_finetune.py AX --model outputs/finetune/MNLI       # a diagnostic, predicted only
     torchrun --nproc_per_node 2 finetune/run_finetune.py SST-2              # data-parallel run
 
