@@ -33,7 +33,7 @@ from pathlib import Path
 from sklearn.metrics import accuracy_score
 
 from finetune.metrics import compute_metrics
-from finetune.pipeline import RunConfig, load_splits, predict_tests, resolve_data_dir, run_once, save_trained
+from finetune.pipeline import RunConfig, load_splits, predict_tests, run_once, save_trained
 from finetune.sweep import load_space
 from finetune.tasks import Example, Task, get_task
 from finetune.trainer import RunResult, load_model, load_tokenizer, predict, save_run, subsample
@@ -168,7 +168,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
         raise ValueError(f"Agora supports classification and regression tasks; {task.name} is {task.kind}")
     folder = agora_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
-    data_dir = resolve_data_dir(task, run.data_dir)
+    data_dir = run.data_path
     train_all, dev_sets = load_splits(task, data_dir)
     dev_name, dev = next(iter(dev_sets.items()))
     # The original training set is fixed once (subsample, holdout) so every configuration sees the same data.

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data.resources import data_root, default_glue_dir, default_superglue_dir, default_teacher
+from finetune.hub import load_from_hub
 from finetune.metrics import compute_metrics
 from finetune.submission import write_submission
 from finetune.tasks import DataError, Example, Task, get_task
@@ -26,7 +27,8 @@ class RunConfig:
                 "name; a missing task head is initialised fresh (default: the local teacher all-MiniLM-L6-v2)"})
     tokenizer: str = field(default="", metadata={"help": "tokenizer folder or hub name (default: the model's)"})
     data_dir: str = field(default="", metadata={
-        "help": "benchmark folder in the official layout (GLUE, SuperGLUE or RACE; default: the local data folder)"})
+        "help": "benchmark folder in the official layout (GLUE, SuperGLUE or RACE); default: the local data folder, "
+                "else the Hugging Face hub dataset (GLUE/SuperGLUE) written in that layout under OUTPUT_DIR/hub_data"})
     output_dir: str = field(default="outputs/finetune", metadata={"help": "output folder (one sub-folder per task)"})
     predict_test: bool = field(default=True, metadata={
         "help": "write test-set predictions in the leaderboard format (and the task's diagnostics)"})
@@ -41,21 +43,29 @@ class RunConfig:
     def task_dir(self) -> Path:
         return Path(self.output_dir) / self.task
 
+    @property
+    def data_path(self) -> Path:
+        """The task's benchmark folder (hub downloads are cached under ``output_dir/hub_data``)."""
+        return resolve_data_dir(get_task(self.task), self.data_dir, Path(self.output_dir) / "hub_data")
 
-def resolve_data_dir(task: Task, data_dir: str = "") -> Path:
-    """The benchmark folder of ``task``: ``data_dir`` when given, else the local default for its benchmark.
+
+def resolve_data_dir(task: Task, data_dir: str = "", hub_cache: str | Path = "") -> Path:
+    """The benchmark folder of ``task``: ``data_dir`` when given, else the local default for its benchmark, else
+    (GLUE/SuperGLUE) the hub dataset written in the official layout under ``hub_cache`` (:mod:`finetune.hub`).
 
     Raises:
-        DataError: no folder given and no local copy found.
+        DataError: no folder given, no local copy, and no hub source (or no ``hub_cache``).
     """
     if data_dir:
         return Path(data_dir)
     root = data_root()
     default = {"glue": default_glue_dir(), "superglue": default_superglue_dir(),
                "race": str(root / "race") if root is not None and (root / "race").is_dir() else None}[task.benchmark]
-    if default is None:
-        raise DataError(f"no local {task.benchmark} folder for {task.name}: pass --data-dir (official layout)")
-    return Path(default)
+    if default is not None:
+        return Path(default)
+    if hub_cache and task.benchmark != "race":
+        return load_from_hub(task, Path(hub_cache) / task.benchmark)
+    raise DataError(f"no local {task.benchmark} folder for {task.name}: pass --data-dir (official layout)")
 
 
 def load_splits(task: Task, data_dir: Path) -> tuple[list[Example], dict[str, list[Example]]]:
@@ -98,7 +108,7 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
         The run's result, the fine-tuned model (at its best dev checkpoint) and its tokenizer.
     """
     task = get_task(config.task)
-    data_dir = resolve_data_dir(task, config.data_dir)
+    data_dir = config.data_path
     train_file_examples, dev_sets = load_splits(task, data_dir)
     tokenizer = load_tokenizer(config.model, config.tokenizer or None)
     set_seed(config.train.seed)  # the fresh head's initialisation follows the configuration's seed
@@ -115,7 +125,7 @@ def save_trained(config: RunConfig, task: Task, model, tokenizer, result: RunRes
     """Save model, tokenizer, metrics, resolved config and (if asked) test predictions into ``folder``
     (default ``config.task_dir``)."""
     folder = Path(folder or config.task_dir)
-    data_dir = data_dir or resolve_data_dir(task, config.data_dir)
+    data_dir = data_dir or config.data_path
     resolved = {**asdict(config), "data_dir": str(data_dir), **(extra or {})}
     save_run(folder, model, tokenizer, result, resolved)
     if config.predict_test:
@@ -129,7 +139,7 @@ def save_trained(config: RunConfig, task: Task, model, tokenizer, result: RunRes
 def predict_only(config: RunConfig) -> dict:
     """Predict a test-only diagnostic (AX, AX-b, AX-g) with a model fine-tuned on the task that predicts it."""
     task = get_task(config.task)
-    data_dir = resolve_data_dir(task, config.data_dir)
+    data_dir = config.data_path
     tokenizer = load_tokenizer(config.model, config.tokenizer or None)
     model = load_model(task, config.model)
     if not any(task.files(data_dir, n).exists() for n in task.test):
