@@ -129,9 +129,12 @@ def table(results: dict, metric_names: dict) -> str:
     lines = ["| task | metric | (a) default run | (b) sweep | (c) Agora |", "|---|---|---|---|---|"]
     for name, row in results.items():
         lines.append(f"| {name} | {metric_names[name]} | " + " | ".join(cell(row[k]["score"]) for k in "abc") + " |")
-    avg = {k: [row[k]["score"] for row in results.values() if row[k]["score"] is not None] for k in "abc"}
-    lines.append("| average (tasks scored) | | " + " | ".join(
-        f"{100 * sum(v) / len(v):.1f} ({len(v)})" if v else "-" for v in avg.values()) + " |")
+    common = [row for row in results.values() if all(row[k]["score"] is not None for k in "abc")]
+    every = {k: [row[k]["score"] for row in results.values() if row[k]["score"] is not None] for k in "abc"}
+    lines.append(f"| average, tasks all three scored ({len(common)}) | | " + " | ".join(
+        f"{100 * sum(r[k]['score'] for r in common) / len(common):.1f}" if common else "-" for k in "abc") + " |")
+    lines.append("| average, tasks each method scored (n) | | " + " | ".join(
+        f"{100 * sum(v) / len(v):.1f} ({len(v)})" if v else "-" for v in every.values()) + " |")
     return "\n".join(lines)
 
 

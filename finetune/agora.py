@@ -116,8 +116,9 @@ def check_oracle(task: Task, path: str, dev: list[Example], max_seq_length: int)
     model, tokenizer = load_model(task, path), load_tokenizer(path)
     accuracy = oracle_accuracy(task, predict(model, tokenizer, task, dev, max_seq_length), dev)
     if accuracy < MIN_ORACLE_ACCURACY:
+        measure = "dev score (mean of Pearson and Spearman)" if task.kind == "regression" else "dev accuracy"
         raise OracleTooWeak(
-            f"oracle {path} reaches {100 * accuracy:.1f}% dev accuracy on {task.name}, below the 2/3 Agora needs "
+            f"oracle {path} reaches {100 * accuracy:.1f}% {measure} on {task.name}, below the 2/3 Agora needs "
             "for labels that help more than they hurt (arXiv 2010.07990); pass a stronger --oracle")
     return model, tokenizer, accuracy
 
