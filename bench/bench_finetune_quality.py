@@ -1,0 +1,142 @@
+"""Quality benchmark: dev scores of (a) one default fine-tuning run, (b) an Optuna sweep, (c) Agora, per task,
+with the same total training budget for the three methods (not a timed test).
+
+Budget: every method gets ``--budget-steps`` optimiser steps of ``--batch-size`` examples in total per task:
+(a) one run of that many steps with the default hyperparameters; (b) ``--trials`` trials of
+``budget / trials`` steps each; (c) Agora with ``--agora-configs`` configurations per round for ``--agora-rounds``
+rounds of ``budget / (configs * rounds)`` steps each. Agora's oracle is (a)'s model (the teacher fine-tuned with the
+default run), so the oracle costs no extra steps; where (a) is below 2/3 dev accuracy Agora refuses to run and the
+table says so. (b) and (c) sample the same space (``--space``; default Bort's grid). Training sets larger than
+``--max-train-examples`` are subsampled (seeded). Dev sets are used whole.
+
+Usage (the numbers in the README were produced with the command printed at the top of the output):
+    OMP_NUM_THREADS=1 python bench/bench_finetune_quality.py --budget-steps 48 --output-dir outputs/bench_finetune
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+import torch  # noqa: E402
+
+from finetune.agora import AgoraConfig, OracleTooWeak, run_agora  # noqa: E402
+from finetune.pipeline import RunConfig, run_once, save_trained  # noqa: E402
+from finetune.sweep import SweepConfig, run_sweep  # noqa: E402
+from finetune.tasks import get_task  # noqa: E402
+from finetune.trainer import TrainConfig  # noqa: E402
+
+TASKS = ["CB", "RTE", "MRPC", "STS-B", "CoLA", "SST-2"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=TASKS, help="tasks (default: %(default)s)")
+    p.add_argument("--model", default="", help="model to fine-tune (default: the local teacher all-MiniLM-L6-v2)")
+    p.add_argument("--budget-steps", type=int, default=48, help="optimiser steps per method per task (default: 48)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per step, all methods (default: 16)")
+    p.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default: 128)")
+    p.add_argument("--max-train-examples", type=int, default=4000,
+                   help="seeded subsample of larger training sets, e.g. SST-2's 67,349 (default: 4000)")
+    p.add_argument("--learning-rate", type=float, default=5e-5, help="(a)'s learning rate (default: 5e-5)")
+    p.add_argument("--trials", type=int, default=3, help="(b): trials (default: 3)")
+    p.add_argument("--agora-configs", type=int, default=2, help="(c): |Θ| (default: 2)")
+    p.add_argument("--agora-rounds", type=int, default=2, help="(c): rounds (default: 2)")
+    p.add_argument("--space", default="", help="JSON/YAML space for (b) and (c) (default: Bort's grid)")
+    p.add_argument("--output-dir", default="outputs/bench_finetune", help="output folder (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    conditions = {"command": " ".join(["python", *sys.argv]), "threads": torch.get_num_threads(),
+                  "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                  "budget": f"{args.budget_steps} steps x {args.batch_size} examples per method per task"}
+    print(json.dumps(conditions))
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in args.tasks:
+        task = get_task(name)
+        if name in results and len(results[name]) == 3:
+            continue
+        base = TrainConfig(learning_rate=args.learning_rate, batch_size=args.batch_size,
+                           max_seq_length=args.max_seq_length, max_train_examples=args.max_train_examples,
+                           max_steps=args.budget_steps, eval_every=max(1, args.budget_steps // 2),
+                           early_stopping_patience=0, warmup_fraction=0.1, weight_decay=0.01)
+        run = RunConfig(task=name, model=args.model, output_dir=str(out / "a"), predict_test=False, train=base)
+        row = {}
+        t0 = time.time()
+        result, model, tokenizer = run_once(run, save=False, progress=False)
+        oracle = save_trained(run, task, model, tokenizer, result)
+        row["a"] = {"score": result.score, "metrics": result.dev_metrics, "seconds": time.time() - t0}
+        print(name, "a", row["a"], flush=True)
+
+        t0 = time.time()
+        per_trial = replace_steps(base, args.budget_steps // args.trials)
+        study = run_sweep(RunConfig(task=name, model=args.model, output_dir=str(out / "b"), predict_test=False,
+                                    train=per_trial),
+                          SweepConfig(sampler="tpe", n_trials=args.trials, space=args.space), progress=False)
+        row["b"] = {"score": study.best_value, "metrics": study.best_trial.user_attrs["dev_metrics"],
+                    "params": study.best_trial.params, "seconds": time.time() - t0}
+        print(name, "b", row["b"], flush=True)
+
+        t0 = time.time()
+        steps = args.budget_steps // (args.agora_configs * args.agora_rounds)
+        try:
+            state = run_agora(RunConfig(task=name, model=args.model, output_dir=str(out / "c"), predict_test=False,
+                                        train=replace_steps(base, steps)),
+                              AgoraConfig(oracle=str(oracle), n_configs=args.agora_configs,
+                                          max_rounds=args.agora_rounds, replay=args.agora_rounds, space=args.space),
+                              progress=False)
+            row["c"] = {"score": state["best"]["score"], "metrics": state["best"]["metrics"],
+                        "rounds": [{k: r[k] for k in ("round", "best_score", "errors", "added", "train_size")}
+                                   for r in state["rounds"]], "seconds": time.time() - t0}
+        except OracleTooWeak as e:
+            row["c"] = {"score": None, "refused": str(e), "seconds": time.time() - t0}
+        print(name, "c", row["c"], flush=True)
+        results[name] = row
+        tmp = results_path.with_name(".results.json.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, results_path)
+    print(table(results, get_metric_names(results)))
+    return 0
+
+
+def replace_steps(config: TrainConfig, steps: int) -> TrainConfig:
+    return replace(config, max_steps=max(1, steps), eval_every=max(1, steps))  # one dev evaluation, at the end
+
+
+def get_metric_names(results: dict) -> dict:
+    return {name: "/".join(m for m in get_task(name).metrics) for name in results}
+
+
+def table(results: dict, metric_names: dict) -> str:
+    def cell(v):
+        return "refused" if v is None else f"{100 * v:.1f}"
+
+    lines = ["| task | metric | (a) default run | (b) sweep | (c) Agora |", "|---|---|---|---|---|"]
+    for name, row in results.items():
+        lines.append(f"| {name} | {metric_names[name]} | " + " | ".join(cell(row[k]["score"]) for k in "abc") + " |")
+    common = [row for row in results.values() if all(row[k]["score"] is not None for k in "abc")]
+    every = {k: [row[k]["score"] for row in results.values() if row[k]["score"] is not None] for k in "abc"}
+    lines.append(f"| average, tasks all three scored ({len(common)}) | | " + " | ".join(
+        f"{100 * sum(r[k]['score'] for r in common) / len(common):.1f}" if common else "-" for k in "abc") + " |")
+    lines.append("| average, tasks each method scored (n) | | " + " | ".join(
+        f"{100 * sum(v) / len(v):.1f} ({len(v)})" if v else "-" for v in every.values()) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

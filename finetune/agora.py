@@ -1,0 +1,278 @@
+"""Agora: fine-tuning sweep with error-driven data augmentation (de Wynter, arXiv 2010.07990; SPEC §5).
+
+Loop, one *round* at a time:
+
+1. fine-tune one model per configuration θ in Θ on the current training set (original + added examples);
+2. take the round's best model and its errors on the mining set (dev by default, as described by the author;
+   ``mine_on="holdout"`` mines a held-out slice of the training set instead, keeping dev clean);
+3. make ``per_error`` new inputs near each error with the transformation function (:mod:`finetune.transforms`);
+4. label them with the oracle (a fine-tuned model of the task whose dev accuracy must be at least 2/3) and add them;
+5. after ``1 + replay`` rounds on the same Θ ("replay": the author re-ran iterations for convergence), sort Θ by
+   dev score and drop the longest run of configurations from the top that share the same outcome (the same dev
+   score, rounded to ``tie_decimals``; at least the top one);
+6. repeat while Θ is not empty (or up to ``max_rounds``); the best model over all rounds is kept in ``best/``.
+
+Not published, chosen here: Θ is a seeded sample of ``n_configs`` points of the sweep space (Bort's grid by default);
+an error is a wrong class, or for regression an absolute error above ``regression_error``; a regression oracle must
+reach a task score (mean of Pearson and Spearman) of 2/3. Every round appends a record to ``rounds.jsonl`` (Θ and the
+scores, errors, examples generated and added, training-set size, best dev score), the added examples go to
+``added.jsonl``, and ``state.json`` lets an interrupted run resume at the configuration where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from sklearn.metrics import accuracy_score
+
+from finetune.metrics import compute_metrics
+from finetune.pipeline import RunConfig, load_splits, predict_tests, run_once, save_trained
+from finetune.sweep import load_space
+from finetune.tasks import Example, Task, get_task
+from finetune.trainer import RunResult, load_model, load_tokenizer, predict, save_run, subsample
+from finetune.transforms import make_transform
+
+logger = logging.getLogger(__name__)
+
+MIN_ORACLE_ACCURACY = 2 / 3
+
+
+class OracleTooWeak(ValueError):
+    """The oracle's dev accuracy is below 2/3 (Agora's requirement for its labelling model)."""
+
+
+@dataclass
+class AgoraConfig:
+    """Agora's own settings (the per-configuration training settings come from the run's ``TrainConfig``)."""
+
+    oracle: str = field(default="", metadata={
+        "help": "folder of a model already fine-tuned on the task, used to label new examples; default: fine-tune "
+                "--oracle-base on the task first (saved in agora/oracle and reused on resume)"})
+    oracle_base: str = field(default="", metadata={"help": "model to fine-tune into the oracle (default: the teacher)"})
+    transform: str = field(default="perturb", metadata={
+        "help": "perturb (word dropout/swap/synonyms) or mlm (masked-LM substitution, needs --mlm-model)"})
+    mlm_model: str = field(default="", metadata={"help": "model folder with a trained masked-LM head for --transform mlm"})
+    per_error: int = field(default=2, metadata={"help": "new examples generated near each error"})
+    n_configs: int = field(default=4, metadata={"help": "|Θ|: configurations sampled from the space (0: all)"})
+    space: str = field(default="", metadata={"help": "JSON/YAML search space file (default: Bort's grid)"})
+    replay: int = field(default=1, metadata={"help": "extra rounds on the same Θ before each pruning"})
+    max_rounds: int = field(default=0, metadata={"help": "stop after this many rounds (0: until Θ is empty)"})
+    tie_decimals: int = field(default=3, metadata={"help": "dev scores equal to this many decimals share an outcome"})
+    mine_on: str = field(default="dev", metadata={"help": "where errors are mined: dev (as published) or holdout"})
+    holdout_size: int = field(default=200, metadata={"help": "training examples held out when --mine-on holdout"})
+    regression_error: float = field(default=1.0, metadata={"help": "regression: |prediction - gold| counted as error"})
+    agora_seed: int = field(default=0, metadata={"help": "seed of Θ's sample, holdout split and transformations"})
+
+    def __post_init__(self) -> None:
+        if self.mine_on not in ("dev", "holdout"):
+            raise ValueError(f"mine_on must be dev or holdout, got {self.mine_on!r}")
+        if self.per_error < 1 or self.replay < 0 or self.n_configs < 0 or self.max_rounds < 0:
+            raise ValueError("per_error must be >= 1 and replay, n_configs, max_rounds >= 0")
+
+
+def agora_dir(run: RunConfig) -> Path:
+    return run.task_dir / "agora"
+
+
+def sample_configurations(space: dict[str, list], n: int, seed: int) -> list[dict]:
+    """``n`` distinct points of the grid ``space`` (all of them when ``n`` is 0), in a seeded random order."""
+    names = list(space)
+    grid = [dict(zip(names, values)) for values in itertools.product(*(space[k] for k in names))]
+    random.Random(seed).shuffle(grid)
+    return grid if n == 0 else grid[:n]
+
+
+def prune(theta: list[dict], scores: list[float], decimals: int) -> list[dict]:
+    """Sort Θ by dev score (best first) and drop the run of configurations at the top that share the top score
+    (rounded to ``decimals``). Returns the remaining configurations, best first."""
+    order = sorted(range(len(theta)), key=lambda i: -scores[i])
+    top = round(scores[order[0]], decimals)
+    k = 0
+    while k < len(order) and round(scores[order[k]], decimals) == top:
+        k += 1
+    return [theta[i] for i in order[k:]]
+
+
+def oracle_accuracy(task: Task, predictions, examples: list[Example]) -> float:
+    """Dev accuracy of a classification oracle (the task score for regression)."""
+    if task.kind == "regression":
+        return compute_metrics(task, predictions, examples)["score"]
+    return float(accuracy_score([e.label for e in examples], predictions))
+
+
+def check_oracle(task: Task, path: str, dev: list[Example], max_seq_length: int):
+    """Load the oracle and measure it on dev; refuse it below 2/3.
+
+    Raises:
+        OracleTooWeak: its dev accuracy is below 2/3.
+    """
+    model, tokenizer = load_model(task, path), load_tokenizer(path)
+    accuracy = oracle_accuracy(task, predict(model, tokenizer, task, dev, max_seq_length), dev)
+    if accuracy < MIN_ORACLE_ACCURACY:
+        measure = "dev score (mean of Pearson and Spearman)" if task.kind == "regression" else "dev accuracy"
+        raise OracleTooWeak(
+            f"oracle {path} reaches {100 * accuracy:.1f}% {measure} on {task.name}, below the 2/3 Agora needs "
+            "for labels that help more than they hurt (arXiv 2010.07990); pass a stronger --oracle")
+    return model, tokenizer, accuracy
+
+
+def find_errors(task: Task, predictions, examples: list[Example], regression_error: float) -> list[Example]:
+    if task.kind == "regression":
+        return [e for p, e in zip(predictions, examples) if abs(float(p) - e.label) > regression_error]
+    return [e for p, e in zip(predictions, examples) if int(p) != e.label]
+
+
+def generate(errors: list[Example], transform, per_error: int, rng: random.Random, seen: set) -> list[Example]:
+    """Up to ``per_error`` new unlabelled inputs per error: one segment (chosen at random) transformed."""
+    out = []
+    for e in errors:
+        for j in range(per_error):
+            texts = list(e.texts)
+            i = rng.randrange(len(texts))
+            texts[i] = transform(texts[i], rng)
+            key = tuple(texts)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(Example(uid=f"agora:{e.uid}:{j}", texts=key))
+    return out
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict:
+    """Run or resume Agora for ``run.task``; returns the final state (rounds, best score and configuration).
+
+    Raises:
+        ValueError: the task is not a classification or regression task.
+        OracleTooWeak: the oracle's dev accuracy is below 2/3.
+    """
+    task = get_task(run.task)
+    if task.kind not in ("classification", "regression"):
+        raise ValueError(f"Agora supports classification and regression tasks; {task.name} is {task.kind}")
+    folder = agora_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    data_dir = run.data_path
+    train_all, dev_sets = load_splits(task, data_dir)
+    dev_name, dev = next(iter(dev_sets.items()))
+    # The original training set is fixed once (subsample, holdout) so every configuration sees the same data.
+    base = subsample(train_all, run.train.max_train_examples, agora.agora_seed)
+    if run.train.max_eval_examples > 0:
+        dev = dev[: run.train.max_eval_examples]
+    mining = dev
+    if agora.mine_on == "holdout":
+        rng = random.Random(agora.agora_seed)
+        base = list(base)
+        rng.shuffle(base)
+        mining, base = base[: agora.holdout_size], base[agora.holdout_size:]
+    train_cfg = replace(run.train, max_train_examples=0)
+
+    state_path = folder / "state.json"
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        logger.info("Agora %s: resuming at round %d", task.name, state["round"])
+    else:
+        theta = sample_configurations(load_space(agora.space), agora.n_configs, agora.agora_seed)
+        state = {"round": 0, "theta": theta, "scores": {}, "round_best": None, "best": None, "rep": 0}
+        _atomic_json(folder / "agora_config.json", {"run": asdict(run), "agora": asdict(agora)})
+
+    oracle_path = agora.oracle or str(folder / "oracle")
+    if not agora.oracle and not (folder / "oracle" / "config.json").is_file():
+        logger.info("Agora %s: fine-tuning the oracle from %s", task.name, agora.oracle_base or "the teacher")
+        oracle_run = RunConfig(task=task.name, model=agora.oracle_base, tokenizer="", data_dir=run.data_dir,
+                               output_dir=str(folder / ".oracle_run"), predict_test=False, train=run.train)
+        _, model, tokenizer = run_once(oracle_run, train_examples=base, save=False, progress=progress)
+        save_run(folder / "oracle", model, tokenizer, RunResult({}, 0, 0, [], 0), asdict(oracle_run))
+    oracle, oracle_tok, oracle_acc = check_oracle(task, oracle_path, dev, run.train.max_seq_length)
+    state["oracle"] = {"path": oracle_path, "dev_accuracy": oracle_acc}
+
+    added = [Example(uid=r["uid"], texts=tuple(r["texts"]), label=r["label"])
+             for r in map(json.loads, (folder / "added.jsonl").read_text().splitlines())] \
+        if (folder / "added.jsonl").is_file() else []
+    seen = {e.texts for e in train_all} | {e.texts for e in added}
+    transform = make_transform(agora.transform, agora.mlm_model)
+
+    while state["theta"] and (agora.max_rounds == 0 or state["round"] < agora.max_rounds):
+        k = state["round"]
+        round_dir = folder / f"round_{k}"
+        train_set = base + added
+        for i, params in enumerate(state["theta"]):
+            key = json.dumps(params, sort_keys=True)
+            if key in state["scores"]:
+                continue  # done before an interruption
+            config = replace(run, train=replace(train_cfg, **params))
+            result, model, tokenizer = run_once(config, train_examples=train_set, save=False, progress=progress)
+            state["scores"][key] = result.score
+            if state["round_best"] is None or result.score > state["round_best"]["score"]:
+                save_trained(replace(config, predict_test=False), task, model, tokenizer, result, data_dir,
+                             folder=round_dir / "best",
+                             extra={"agora_round": k, "train_size": len(train_set)})
+                state["round_best"] = {"score": result.score, "config": params, "metrics": result.dev_metrics}
+            _atomic_json(state_path, state)
+
+        # (2)-(4): errors of the round's best model, new examples near them, oracle labels.
+        best_model = load_model(task, str(round_dir / "best"))
+        best_tok = load_tokenizer(str(round_dir / "best"))
+        predictions = predict(best_model, best_tok, task, mining, run.train.max_seq_length)
+        errors = find_errors(task, predictions, mining, agora.regression_error)
+        rng = random.Random(agora.agora_seed * 1000 + k)
+        new = generate(errors, transform, agora.per_error, rng, seen)
+        labels = predict(oracle, oracle_tok, task, new, run.train.max_seq_length) if new else []
+        new = [replace(e, label=float(y) if task.kind == "regression" else int(y)) for e, y in zip(new, labels)]
+        _append_jsonl(folder / "added.jsonl", [{"uid": e.uid, "texts": list(e.texts), "label": e.label, "round": k}
+                                               for e in new])
+        added += new
+
+        scores = [state["scores"][json.dumps(p, sort_keys=True)] for p in state["theta"]]
+        record = {"round": k, "theta_size": len(state["theta"]), "configs": state["theta"], "scores": scores,
+                  "best_score": state["round_best"]["score"], "best_config": state["round_best"]["config"],
+                  "dev_metrics": state["round_best"]["metrics"], "errors": len(errors), "generated": len(new),
+                  "added": len(new), "train_size": len(train_set), "mined_on": agora.mine_on}
+        _append_jsonl(folder / "rounds.jsonl", [record])
+        if state["best"] is None or record["best_score"] > state["best"]["score"]:
+            tmp = folder / ".best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(round_dir / "best", tmp)
+            shutil.rmtree(folder / "best", ignore_errors=True)
+            tmp.rename(folder / "best")
+            state["best"] = {"score": record["best_score"], "round": k, "config": record["best_config"],
+                             "metrics": record["dev_metrics"]}
+        shutil.rmtree(round_dir, ignore_errors=True)
+        state["rep"] += 1
+        if state["rep"] > agora.replay:
+            state["theta"] = prune(state["theta"], scores, agora.tie_decimals)
+            state["rep"] = 0
+        state.update(round=k + 1, scores={}, round_best=None)
+        _atomic_json(state_path, state)
+        logger.info("Agora %s round %d: best dev %.4f, %d errors, %d added, Θ now %d", task.name, k,
+                    record["best_score"], len(errors), len(new), len(state["theta"]))
+
+    if run.predict_test and state["best"] is not None:
+        best = str(folder / "best")
+        predict_tests(task, load_model(task, best), load_tokenizer(best), data_dir, folder / "best" / "predictions",
+                      run.train.max_seq_length)
+    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()] \
+        if (folder / "rounds.jsonl").is_file() else []
+    if rounds:
+        from finetune.report import plot_rounds
+
+        plot_rounds(rounds, folder / "rounds.png", f"Agora on {task.name} ({dev_name})")
+    state["rounds"] = rounds
+    return state

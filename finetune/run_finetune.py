@@ -1,0 +1,155 @@
+"""Fine-tune a model on GLUE/SuperGLUE/RACE tasks: one run, an Optuna sweep, or Agora (SPEC §5-6).
+
+Examples:
+    python finetune/run_finetune.py RTE                                    # one run of the teacher on GLUE RTE
+    python finetune/run_finetune.py MRPC CB --mode sweep --n-trials 8 --sampler tpe
+    python finetune/run_finetune.py CB --mode agora --model outputs/fptas/winner --n-configs 4
+    python finetune/run_finetune.py AX --model outputs/finetune/MNLI       # a diagnostic, predicted only
+    torchrun --nproc_per_node 2 finetune/run_finetune.py SST-2              # data-parallel run
+
+Outputs go to ``--output-dir/TASK/`` (run), ``.../sweep/`` or ``.../agora/``; a summary table of all tasks is
+printed and written to ``--output-dir/summary.md``. Exit status 2 on bad input (message on one line).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+
+from finetune.tasks import TASKS, DataError  # noqa: E402
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str, seen: set[str]) -> None:
+    """One ``--kebab-name`` option per field of ``cls`` that has ``metadata["help"]``, typed by its default.
+    A field already added by another class (in ``seen``, e.g. ``--space``) is shared."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata or f.name in seen:
+            continue
+        seen.add(f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        name = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            group.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                               help=f.metadata["help"])
+        else:
+            group.add_argument(name, dest=f.name, type=type(default), default=default,
+                               help=f"{f.metadata['help']} (default: %(default)s)")
+
+
+def from_args(cls, args: argparse.Namespace, **overrides):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **overrides})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from finetune.agora import AgoraConfig
+    from finetune.pipeline import RunConfig
+    from finetune.sweep import SweepConfig
+    from finetune.trainer import TrainConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tasks", nargs="+", metavar="TASK", help=f"task names: {', '.join(TASKS)}")
+    parser.add_argument("--mode", choices=("run", "sweep", "agora"), default="run",
+                        help="one fine-tuning run, an Optuna sweep, or Agora (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: from OMP_NUM_THREADS / torch's default)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    seen: set[str] = set()
+    add_dataclass_arguments(parser, RunConfig, "model and data", seen)
+    add_dataclass_arguments(parser, TrainConfig, "training (one run, or the fixed values of a sweep/Agora)", seen)
+    add_dataclass_arguments(parser, SweepConfig, "sweep (--mode sweep)", seen)
+    add_dataclass_arguments(parser, AgoraConfig, "Agora (--mode agora)", seen)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows = run_tasks(args)
+    except (DataError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if rows:
+        from finetune.report import summary_table
+
+        table = summary_table(rows)
+        print(table)
+        out = Path(args.output_dir) / "summary.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(".summary.md.tmp")
+        tmp.write_text(table)
+        os.replace(tmp, out)
+    return 0
+
+
+def run_tasks(args: argparse.Namespace) -> list[dict]:
+    """Run the chosen mode on every task; returns one summary row per task."""
+    import torch.distributed as dist
+
+    from finetune.agora import AgoraConfig, run_agora
+    from finetune.pipeline import RunConfig, predict_only, run_once
+    from finetune.sweep import SweepConfig, run_sweep
+    from finetune.tasks import get_task
+    from finetune.trainer import TrainConfig
+
+    train = from_args(TrainConfig, args)
+    configs = [from_args(RunConfig, args, task=name, train=train) for name in args.tasks]  # validates all names first
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        if args.mode != "run":
+            raise ValueError("under torchrun only --mode run is distributed; start sweep workers as separate "
+                             "processes sharing --storage")
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    rows = []
+    for run in configs:
+        task = get_task(run.task)
+        if not task.train:
+            written = predict_only(run)
+            for name, entry in written.items():
+                print(f"{task.name}: wrote {entry['file']}" + (f" {entry['metrics']}" if "metrics" in entry else ""))
+            continue
+        if args.mode == "run":
+            result, model, tokenizer = run_once(run, save=False, progress=not args.quiet)
+            if rank == 0:
+                from finetune.pipeline import save_trained
+
+                folder = save_trained(run, task, model, tokenizer, result)
+                print(f"{task.name}: model and dev metrics in {folder}")
+            rows.append({"task": task.name, "method": "run", "metrics": next(iter(result.dev_metrics.values())),
+                         "score": result.score, "config": dataclasses.asdict(run.train)})
+        elif args.mode == "sweep":
+            study = run_sweep(run, from_args(SweepConfig, args), progress=not args.quiet)
+            best = study.best_trial
+            rows.append({"task": task.name, "method": f"sweep ({len(study.trials)} trials)",
+                         "metrics": next(iter(best.user_attrs["dev_metrics"].values())), "score": best.value,
+                         "config": best.params})
+        else:
+            state = run_agora(run, from_args(AgoraConfig, args), progress=not args.quiet)
+            best = state["best"]
+            rows.append({"task": task.name, "method": f"agora ({len(state['rounds'])} rounds)",
+                         "metrics": next(iter(best["metrics"].values())), "score": best["score"],
+                         "config": best["config"]})
+    if distributed:
+        dist.destroy_process_group()
+    return rows if rank == 0 else []
+
+
+if __name__ == "__main__":
+    sys.exit(main())

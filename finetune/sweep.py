@@ -1,0 +1,188 @@
+"""Hyperparameter sweep as an Optuna study (SPEC §5: Bort's published grid is the default space).
+
+The study lives in an Optuna storage (SQLite file by default, any SQLAlchemy URL such as PostgreSQL), so an
+interrupted sweep resumes where it stopped and several workers started with the same ``--storage`` and
+``--study-name`` share the trials. Trials left ``RUNNING`` by a killed worker are detected by their heartbeat
+(``heartbeat_interval``), marked failed and re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``).
+Each trial trains with early stopping on dev; its objective is the task score on the first dev split (maximised).
+Only the best trial's model is kept (``trials/trial_<n>``), and at the end it is copied to ``best/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from finetune.pipeline import RunConfig, run_once, save_trained
+from finetune.tasks import get_task
+from finetune.trainer import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+#: Bort's starting grid (de Wynter & Perry 2020; arXiv 2010.07990 §5): 5 x 3 x 4 x 4 x 2 = 480 configurations.
+BORT_GRID: dict[str, list] = {
+    "seed": [0, 1, 2, 3, 4],
+    "learning_rate": [1e-4, 1e-5, 9e-6],
+    "weight_decay": [0.0, 10.0, 100.0, 350.0],
+    "warmup_fraction": [0.35, 0.40, 0.45, 0.50],
+    "batch_size": [8, 16],
+}
+
+
+def load_space(path: str | None) -> dict[str, list]:
+    """A search space: ``TrainConfig`` field -> list of values, from a JSON/YAML file, or :data:`BORT_GRID`.
+
+    Raises:
+        ValueError: the file names a field that is not a hyperparameter, or a value list is empty.
+    """
+    if not path:
+        return {k: list(v) for k, v in BORT_GRID.items()}
+    with open(path, encoding="utf-8") as f:
+        space = yaml.safe_load(f)  # YAML is a superset of JSON
+    if not isinstance(space, dict):
+        raise ValueError(f"{path}: expected a mapping of hyperparameter -> list of values")
+    known = set(TrainConfig.__dataclass_fields__)
+    for name, values in space.items():
+        if name not in known:
+            raise ValueError(f"{path}: {name!r} is not a hyperparameter; valid: {', '.join(sorted(known))}")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: {name!r} needs a non-empty list of values")
+    return space
+
+
+@dataclass
+class SweepConfig:
+    """How the study samples and where it is stored."""
+
+    sampler: str = field(default="grid", metadata={"help": "grid (every point of the space) or tpe"})
+    n_trials: int = field(default=20, metadata={
+        "help": "finished trials wanted in the study in total (over resumptions and workers); a grid stops earlier "
+                "when exhausted"})
+    storage: str = field(default="", metadata={
+        "help": "Optuna storage URL (e.g. sqlite:///sweep.db, postgresql://...); default: sqlite file in the output"})
+    study_name: str = field(default="", metadata={"help": "study name (default: TASK-sweep)"})
+    space: str = field(default="", metadata={"help": "JSON/YAML file: hyperparameter -> list of values (default: "
+                                                     "Bort's grid, 480 points)"})
+    sampler_seed: int = field(default=0, metadata={"help": "seed of the sampler (grid order, TPE)"})
+    pruner: str = field(default="none", metadata={"help": "none or median (stop trials below the median dev score)"})
+    heartbeat_interval: int = field(default=60, metadata={
+        "help": "seconds between a running trial's heartbeats; a trial silent for twice this is re-queued"})
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("grid", "tpe") or self.pruner not in ("none", "median"):
+            raise ValueError(f"sampler must be grid or tpe and pruner none or median, got {self.sampler}/{self.pruner}")
+        if self.n_trials < 1 or self.heartbeat_interval < 1:
+            raise ValueError("n_trials and heartbeat_interval must be >= 1")
+
+
+def sweep_dir(run: RunConfig) -> Path:
+    return run.task_dir / "sweep"
+
+
+def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> optuna.Study:
+    """Create or load the study (same name and storage = same study, shared and resumable)."""
+    folder = sweep_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    url = sweep.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(url, heartbeat_interval=sweep.heartbeat_interval,
+                             grace_period=2 * sweep.heartbeat_interval,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    if sweep.sampler == "grid":
+        sampler = optuna.samplers.GridSampler(space, seed=sweep.sampler_seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=sweep.sampler_seed)
+    pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if sweep.pruner == "median" else optuna.pruners.NopPruner()
+    return optuna.create_study(study_name=sweep.study_name or f"{run.task}-sweep", storage=storage, sampler=sampler,
+                               pruner=pruner, direction="maximize", load_if_exists=True)
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optuna.Study:
+    """Run (or resume, or join) the study until it holds ``sweep.n_trials`` finished trials; keep the best model.
+
+    Returns:
+        The study; ``study.best_trial.user_attrs`` holds the best trial's dev metrics and its model folder.
+    """
+    space = load_space(sweep.space)
+    study = open_study(run, sweep, space)
+    folder = sweep_dir(run)
+    (folder / "sweep_config.json").write_text(json.dumps({"run": asdict(run), "sweep": asdict(sweep),
+                                                          "space": space}, indent=2, default=str))
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
+        config = replace(run, train=replace(run.train, **params))
+
+        def report(step: int, score: float) -> None:
+            trial.report(score, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        result, model, tokenizer = run_once(config, save=False, on_evaluate=report, progress=progress)
+        trial.set_user_attr("dev_metrics", result.dev_metrics)
+        trial.set_user_attr("best_step", result.best_step)
+        trial.set_user_attr("steps", result.steps)
+        best = _best_value(study)
+        if best is None or result.score > best:
+            out = save_trained(config, get_task(run.task), model, tokenizer, result,
+                               folder=folder / "trials" / f"trial_{trial.number}",
+                               extra={"trial": trial.number, "study": study.study_name})
+            trial.set_user_attr("model_dir", str(out))
+        return result.score
+
+    done = _finished(study)
+    if done < sweep.n_trials:
+        logger.info("study %s: %d finished trials, running up to %d", study.study_name, done, sweep.n_trials)
+        study.optimize(objective, callbacks=[MaxTrialsCallback(sweep.n_trials,
+                                                               states=(TrialState.COMPLETE, TrialState.PRUNED))],
+                       gc_after_trial=True)
+    finalize(study, folder)
+    return study
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max((t.value for t in complete), default=None)
+
+
+def finalize(study: optuna.Study, folder: Path) -> None:
+    """Copy the best trial's model to ``best/``, delete the other trial folders, write ``trials.csv`` and a plot."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return
+    best = study.best_trial
+    best_dir = Path(best.user_attrs.get("model_dir", ""))
+    if best.user_attrs.get("model_dir") and best_dir.is_dir():
+        tmp = folder / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(best_dir, tmp)
+        shutil.rmtree(folder / "best", ignore_errors=True)
+        tmp.rename(folder / "best")
+        for other in (folder / "trials").glob("trial_*"):
+            if other != best_dir and other.name.split("_")[-1].isdigit() and _is_finished(study, other):
+                shutil.rmtree(other, ignore_errors=True)
+    study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+    from finetune.report import plot_sweep
+
+    plot_sweep(study, folder / "history.png")
+
+
+def _is_finished(study: optuna.Study, trial_dir: Path) -> bool:
+    number = int(trial_dir.name.split("_")[-1])
+    trials = study.get_trials(deepcopy=False)
+    return number < len(trials) and trials[number].state.is_finished()

@@ -1,0 +1,447 @@
+"""One fine-tuning run: encode a task, build the head, train with early stopping on dev, predict, save.
+
+The head follows the task kind: ``AutoModelForSequenceClassification`` for classification, MultiRC (answer-level
+binary scoring) and STS-B (one output, mean-squared error); ``AutoModelForMultipleChoice`` for COPA and RACE, and for
+ReCoRD, whose candidate entities are scored as choices (a variable number per query, padded and masked).
+Optimisation is AdamW with linear warm-up and decay, no weight decay on biases and LayerNorm weights, gradient
+clipping at norm 1 (as in BERT, Devlin et al. 2019, §A.2, and Bort's fine-tuner). Under ``torchrun`` the run is
+data-parallel (``DistributedDataParallel``); rank 0 evaluates and saves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForMultipleChoice,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_linear_schedule_with_warmup,
+)
+
+from finetune.metrics import compute_metrics
+from finetune.tasks import DataError, Example, Task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one fine-tuning run (one Optuna trial / one Agora configuration θ)."""
+
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "decoupled AdamW weight decay (Bort's grid: 0-350)"})
+    warmup_fraction: float = field(default=0.1, metadata={"help": "share of the steps with linear warm-up, in [0, 1)"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimiser step (per process under torchrun)"})
+    seed: int = field(default=0, metadata={"help": "seed of the head's initialisation, data order and dropout"})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "passes over the training set (may be fractional)"})
+    max_steps: int = field(default=0, metadata={"help": "optimiser steps; > 0 overrides --num-train-epochs"})
+    max_seq_length: int = field(default=128, metadata={
+        "help": "tokens per sequence; longer ones are truncated (counted in a warning); clipped to the model's positions"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate on dev every this many steps (0: once per epoch)"})
+    early_stopping_patience: int = field(default=3, metadata={
+        "help": "stop after this many dev evaluations without improvement (0: never)"})
+    max_train_examples: int = field(default=0, metadata={
+        "help": "if > 0, a seeded random subsample of the training set of this many examples"})
+    max_eval_examples: int = field(default=0, metadata={"help": "if > 0, only the first this-many dev examples"})
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0 or self.batch_size < 1 or self.max_seq_length < 8:
+            raise ValueError("learning_rate must be > 0, batch_size >= 1, max_seq_length >= 8")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+        if self.weight_decay < 0 or self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("weight_decay must be >= 0 and the run needs num_train_epochs > 0 or max_steps > 0")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model and tokenizer
+
+
+def load_tokenizer(model_path: str, tokenizer_path: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with the model (or at ``tokenizer_path``).
+
+    Raises:
+        DataError: the folder has no tokenizer files.
+    """
+    source = tokenizer_path or model_path
+    if Path(source).is_dir() and not any(
+        (Path(source) / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model")
+    ):
+        raise DataError(f"{source}: no tokenizer files (tokenizer.json, vocab.txt); pass --tokenizer PATH")
+    return AutoTokenizer.from_pretrained(source)
+
+
+def load_model(task: Task, model_path: str) -> PreTrainedModel:
+    """The model with the task's head; a head absent from the checkpoint is initialised fresh.
+
+    A checkpoint already fine-tuned for a task with other labels is refused (its label names are compared).
+    """
+    config = AutoConfig.from_pretrained(model_path)
+    has_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    if task.kind in ("classification", "multirc"):
+        if has_head:  # already fine-tuned: its labels must be the task's
+            names = [config.id2label[i] for i in range(config.num_labels)]
+            if names != list(task.labels):
+                raise DataError(f"{model_path}: model labels {names} differ from {task.name}'s {list(task.labels)}")
+            return AutoModelForSequenceClassification.from_pretrained(model_path)
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=len(task.labels), id2label=dict(enumerate(task.labels)),
+            label2id={label: i for i, label in enumerate(task.labels)})
+    if task.kind == "regression":
+        if has_head and config.num_labels != 1:
+            raise DataError(f"{model_path}: a {config.num_labels}-label classifier cannot predict {task.name} scores")
+        return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, problem_type="regression")
+    return AutoModelForMultipleChoice.from_pretrained(model_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def effective_max_length(model: PreTrainedModel, requested: int) -> int:
+    """``requested`` clipped to the model's positions (minus RoBERTa-style padding offsets)."""
+    positions = getattr(model.config, "max_position_embeddings", requested)
+    offset = 2 if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+    limit = positions - offset
+    if requested > limit:
+        logger.warning("max_seq_length %d exceeds the model's %d positions; using %d", requested, limit, limit)
+    return min(requested, limit)
+
+
+def _pairs(task: Task, examples: Sequence[Example]) -> tuple[list[str], list[str] | None, list[int]]:
+    """Flatten examples into (first segments, second segments, choices per example)."""
+    firsts, seconds, counts = [], [], []
+    for e in examples:
+        items = e.choices if task.kind in ("multiple_choice", "record") else [e.texts]
+        counts.append(len(items))
+        for item in items:
+            firsts.append(item[0])
+            seconds.append(item[1] if len(item) > 1 else None)
+    if all(s is None for s in seconds):
+        return firsts, None, counts
+    if any(s is None for s in seconds):
+        raise DataError(f"{task.name}: examples mix one- and two-segment inputs")
+    return firsts, seconds, counts
+
+
+def encode(task: Task, examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int
+           ) -> tuple[list[dict], int]:
+    """Tokenize examples into features; returns them and the number of sequences truncated to ``max_length``.
+
+    Each feature holds ``input_ids`` (and ``token_type_ids`` when the tokenizer makes them) as lists of token ids
+    (lists of lists, one per choice, for choice tasks) and ``labels`` (absent on test rows).
+    """
+    firsts, seconds, counts = _pairs(task, examples)
+    full = tokenizer(firsts, seconds, truncation=False, verbose=False)["input_ids"]
+    truncated = sum(len(ids) > max_length for ids in full)
+    enc = tokenizer(firsts, seconds, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+    features, start = [], 0
+    for e, c in zip(examples, counts):
+        if task.kind in ("multiple_choice", "record"):
+            f = {k: enc[k][start:start + c] for k in keys}
+        else:
+            f = {k: enc[k][start] for k in keys}
+        start += c
+        if e.label is not None:
+            f["labels"] = e.label
+        features.append(f)
+    return features, truncated
+
+
+def make_collate(task: Task, pad_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """Pad a batch. Choice tasks give ``[batch, choices, length]`` tensors and a ``choice_mask [batch, choices]``;
+    ReCoRD labels become a ``[batch, choices]`` 0/1 matrix of correct candidates."""
+
+    def pad(seqs: list[list[int]], value: int, length: int) -> list[list[int]]:
+        return [s + [value] * (length - len(s)) for s in seqs]
+
+    def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
+        keys = [k for k in ("input_ids", "token_type_ids") if k in batch[0]]
+        out: dict[str, torch.Tensor] = {}
+        if task.kind in ("multiple_choice", "record"):
+            n_choices = max(len(f["input_ids"]) for f in batch)
+            length = max(len(s) for f in batch for s in f["input_ids"])
+            for k in keys:
+                value = pad_id if k == "input_ids" else 0
+                rows = [pad(f[k] + [[]] * (n_choices - len(f[k])), value, length) for f in batch]
+                out[k] = torch.tensor(rows, dtype=torch.long)
+            out["attention_mask"] = torch.tensor(
+                [pad([[1] * len(s) for s in f["input_ids"]] + [[]] * (n_choices - len(f["input_ids"])), 0, length)
+                 for f in batch], dtype=torch.long)
+            out["choice_mask"] = torch.tensor([[1] * len(f["input_ids"]) + [0] * (n_choices - len(f["input_ids"]))
+                                               for f in batch], dtype=torch.bool)
+            if "labels" in batch[0]:
+                if task.kind == "record":
+                    gold = torch.zeros(len(batch), n_choices, dtype=torch.bool)
+                    for i, f in enumerate(batch):
+                        gold[i, list(f["labels"])] = True
+                    out["labels"] = gold
+                else:
+                    out["labels"] = torch.tensor([f["labels"] for f in batch], dtype=torch.long)
+            return out
+        length = max(len(f["input_ids"]) for f in batch)
+        for k in keys:
+            out[k] = torch.tensor(pad([f[k] for f in batch], pad_id if k == "input_ids" else 0, length))
+        out["attention_mask"] = torch.tensor(pad([[1] * len(f["input_ids"]) for f in batch], 0, length))
+        if "labels" in batch[0]:
+            dtype = torch.float if task.kind == "regression" else torch.long
+            out["labels"] = torch.tensor([f["labels"] for f in batch], dtype=dtype)
+        return out
+
+    return collate
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward, loss, prediction
+
+
+def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: Task) -> torch.Tensor:
+    """``[batch, num_labels]`` (classification), ``[batch]`` (regression) or ``[batch, choices]`` masked with -inf."""
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+    logits = model(**inputs).logits
+    if task.kind == "regression":
+        return logits.squeeze(-1)
+    if task.kind in ("multiple_choice", "record"):
+        return logits.masked_fill(~batch["choice_mask"].to(device), float("-inf"))
+    return logits
+
+
+def _loss(task: Task, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    labels = labels.to(logits.device)
+    if task.kind == "regression":
+        return F.mse_loss(logits, labels)
+    if task.kind == "record":
+        # Marginal likelihood of the correct candidates (several spans may carry a correct answer).
+        log_probs = logits.log_softmax(-1)
+        return -(log_probs.masked_fill(~labels, float("-inf")).logsumexp(-1)).mean()
+    return F.cross_entropy(logits, labels)
+
+
+def to_predictions(task: Task, logits: np.ndarray) -> np.ndarray:
+    """Class / choice indices (argmax) or scores (regression) from stacked logits."""
+    return logits if task.kind == "regression" else logits.argmax(-1)
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, task: Task, features: list[dict], collate, batch_size: int,
+                   desc: str = "predict") -> np.ndarray:
+    """Logits for all features in order (choice tasks padded to the largest number of choices with -inf)."""
+    model.eval()
+    chunks = []
+    loader = DataLoader(features, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 20):
+        chunks.append(_logits(model, batch, task).float().cpu().numpy())
+    if task.kind in ("multiple_choice", "record"):
+        width = max(c.shape[1] for c in chunks)
+        chunks = [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=-np.inf) for c in chunks]
+    return np.concatenate(chunks)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class RunResult:
+    """What a run produced: best dev metrics (per dev split), the step they were reached, steps done, history."""
+
+    dev_metrics: dict[str, dict[str, float]]
+    best_step: int
+    steps: int
+    history: list[dict]
+    truncated: int
+
+    @property
+    def score(self) -> float:
+        """The first dev split's task score (mean of the task's metrics)."""
+        return next(iter(self.dev_metrics.values()))["score"]
+
+
+def default_device() -> torch.device:
+    """The GPU of this process (``LOCAL_RANK`` under torchrun) when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def subsample(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """A seeded random subsample of ``n`` examples (all of them when ``n`` is 0 or not smaller)."""
+    if n <= 0 or n >= len(examples):
+        return list(examples)
+    return random.Random(seed).sample(examples, n)
+
+
+def train(
+    task: Task,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_examples: list[Example],
+    dev_sets: dict[str, list[Example]],
+    config: TrainConfig,
+    on_evaluate: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Fine-tune ``model`` in place and leave it at its best dev checkpoint.
+
+    Args:
+        task: the task (head kind, metrics).
+        model: a model with the task's head (:func:`load_model`).
+        tokenizer: its tokenizer.
+        train_examples: labelled training examples (subsampled to ``config.max_train_examples``).
+        dev_sets: dev split name -> labelled examples; the first split selects the checkpoint and stops early.
+        config: hyperparameters.
+        on_evaluate: called as ``on_evaluate(step, score)`` after each evaluation (Optuna reporting/pruning;
+            may raise to abort).
+        progress: show a tqdm bar.
+
+    Returns:
+        The best dev metrics (all splits, at the checkpoint chosen on the first split) and the training history.
+    """
+    set_seed(config.seed)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    max_length = effective_max_length(model, config.max_seq_length)
+    examples = subsample(train_examples, config.max_train_examples, config.seed)
+    features, truncated = encode(task, examples, tokenizer, max_length)
+    dev_sets = {k: v[: config.max_eval_examples] if config.max_eval_examples > 0 else v for k, v in dev_sets.items()}
+    dev_features = {}
+    for name, dev in dev_sets.items():
+        dev_features[name], t = encode(task, dev, tokenizer, max_length)
+        truncated += t
+    if truncated:
+        logger.warning("%s: %d sequences longer than %d tokens were truncated", task.name, truncated, max_length)
+
+    collate = make_collate(task, tokenizer.pad_token_id or 0)
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = DistributedSampler(features, seed=config.seed) if distributed else None
+    loader = DataLoader(features, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                        collate_fn=collate, generator=generator if sampler is None else None)
+    total = config.max_steps if config.max_steps > 0 else math.ceil(len(loader) * config.num_train_epochs)
+    eval_every = config.eval_every or len(loader)
+    model.to(default_device())
+    module = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    optimizer = _optimizer(model, config)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total), total)
+
+    best_score, best_state, best_metrics, best_step, bad_evals = -math.inf, None, {}, 0, 0
+    history: list[dict] = []
+    step, epoch = 0, 0
+    bar = tqdm(total=total, desc=f"{task.name} lr={config.learning_rate:g} bs={config.batch_size} seed={config.seed}",
+               disable=not progress or rank != 0, leave=False)
+    stop = False
+    while step < total and not stop:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        module.train()
+        for batch in loader:
+            loss = _loss(task, _logits(module, batch, task), batch["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % eval_every == 0 or step == total:
+                metrics = _evaluate(model, task, dev_sets, dev_features, collate, config.batch_size * 2)
+                score = next(iter(metrics.values()))["score"]
+                history.append({"step": step, "loss": float(loss.item()), "score": score})
+                module.train()
+                if score > best_score:
+                    best_score, best_metrics, best_step, bad_evals = score, metrics, step, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad_evals += 1
+                if on_evaluate is not None:
+                    on_evaluate(step, score)
+                if config.early_stopping_patience and bad_evals >= config.early_stopping_patience:
+                    stop = True
+            if step >= total or stop:
+                break
+        epoch += 1
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return RunResult(best_metrics, best_step, step, history, truncated)
+
+
+def _evaluate(model, task: Task, dev_sets, dev_features, collate, batch_size: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, dev in dev_sets.items():
+        logits = predict_logits(model, task, dev_features[name], collate, batch_size, desc=f"eval {name}")
+        out[name] = compute_metrics(task, to_predictions(task, logits), dev)
+    return out
+
+
+def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
+            max_seq_length: int = 128, batch_size: int = 32) -> np.ndarray:
+    """Predictions (class/choice indices, or scores for regression) for ``examples`` in order."""
+    model.to(default_device())
+    features, truncated = encode(task, examples, tokenizer, effective_max_length(model, max_seq_length))
+    if truncated:
+        logger.warning("%s: %d sequences were truncated", task.name, truncated)
+    logits = predict_logits(model, task, features, make_collate(task, tokenizer.pad_token_id or 0), batch_size)
+    return to_predictions(task, logits)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_run(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, result: RunResult,
+             resolved_config: dict) -> None:
+    """Write the model (``save_pretrained``, loadable with ``AutoModel``), tokenizer, ``dev_metrics.json`` and
+    ``finetune_config.json`` into ``folder`` through a temporary sibling folder, replacing ``folder`` at the end."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "dev_metrics.json").write_text(json.dumps(
+        {"dev": result.dev_metrics, "best_step": result.best_step, "steps": result.steps,
+         "truncated_sequences": result.truncated, "history": result.history}, indent=2))
+    (tmp / "finetune_config.json").write_text(json.dumps(resolved_config, indent=2, default=str))
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)

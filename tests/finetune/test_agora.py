@@ -1,0 +1,126 @@
+"""Agora on a tiny model: one round adds oracle-labelled examples near the dev errors, a second round (resumed)
+trains on them; a weak oracle is refused; pruning and the transformation functions."""
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+from finetune.agora import prune, sample_configurations
+from finetune.run_finetune import main
+from finetune.tasks import DataError, Example, get_task
+from finetune.trainer import load_model, load_tokenizer, predict
+from finetune.transforms import SYNONYMS, make_transform, perturb
+
+
+@pytest.fixture(scope="module")
+def small_sst2(tmp_path_factory, glue_dir):
+    """48 real SST-2 training rows (24 per class) in the official layout; dev = the first 24 of them, so that a
+    tiny oracle can pass the 2/3 bar by memorising."""
+    rows = get_task("SST-2").read(glue_dir, "train")[:400]
+    pos = [e for e in rows if e.label == 1][:24]
+    neg = [e for e in rows if e.label == 0][:24]
+    mixed = [x for pair in zip(pos, neg) for x in pair]
+    root = tmp_path_factory.mktemp("glue")
+    (root / "SST-2").mkdir()
+    for name, part in (("train.tsv", mixed), ("dev.tsv", mixed[:24])):
+        (root / "SST-2" / name).write_text(
+            "sentence\tlabel\n" + "".join(f"{e.texts[0]}\t{e.label}\n" for e in part), encoding="utf-8")
+    return root
+
+
+def test_one_round_adds_labelled_examples_then_resumes(tiny_model, small_sst2, tmp_path):
+    oracle_out = tmp_path / "oracle"
+    assert main(["SST-2", "--model", str(tiny_model), "--data-dir", str(small_sst2), "--output-dir", str(oracle_out),
+                 "--max-steps", "90", "--eval-every", "30", "--learning-rate", "3e-3", "--warmup-fraction", "0",
+                 "--weight-decay", "0", "--batch-size", "16", "--early-stopping-patience", "0", "--no-predict-test",
+                 "--quiet"]) == 0
+    oracle = oracle_out / "SST-2"
+    assert json.loads((oracle / "dev_metrics.json").read_text())["dev"]["dev"]["accuracy"] >= 2 / 3
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": [1e-4, 5e-4], "batch_size": [16]}))
+    out = tmp_path / "out"
+    args = ["SST-2", "--mode", "agora", "--model", str(tiny_model), "--oracle", str(oracle), "--data-dir",
+            str(small_sst2), "--output-dir", str(out), "--space", str(space), "--n-configs", "2", "--replay", "1",
+            "--max-steps", "3", "--per-error", "2", "--no-predict-test", "--quiet"]
+    assert main([*args, "--max-rounds", "1"]) == 0
+    folder = out / "SST-2" / "agora"
+    (record,) = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
+    added = [json.loads(x) for x in (folder / "added.jsonl").read_text().splitlines()]
+    assert record["round"] == 0 and record["train_size"] == 48 and record["theta_size"] == 2
+    assert record["errors"] > 0 and 0 < record["added"] == len(added) <= 2 * record["errors"]
+    originals = {e.texts for e in get_task("SST-2").read(small_sst2, "train")}
+    assert all(tuple(a["texts"]) not in originals for a in added)
+    # The labels are the oracle's: predict again with the oracle, independently of the loop.
+    task = get_task("SST-2")
+    again = predict(load_model(task, str(oracle)), load_tokenizer(str(oracle)), task,
+                    [Example(uid="x", texts=tuple(a["texts"])) for a in added])
+    assert [a["label"] for a in added] == again.tolist()
+    assert json.loads((folder / "state.json").read_text())["round"] == 1
+    assert (folder / "best" / "dev_metrics.json").is_file() and (folder / "rounds.png").stat().st_size > 0
+
+    assert main([*args, "--max-rounds", "2"]) == 0  # resume: round 1 trains on the grown set
+    records = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1] and records[1]["train_size"] == 48 + len(added)
+    assert "| SST-2 | agora (2 rounds)" in (out / "summary.md").read_text()
+
+
+def test_weak_oracle_is_refused(tiny_model, small_sst2, tmp_path, capsys):
+    task = get_task("SST-2")
+    weak = load_model(task, str(tiny_model))
+    with torch.no_grad():  # all logits equal: always class 0, right on exactly half of the balanced dev set
+        weak.classifier.weight.zero_()
+        weak.classifier.bias.zero_()
+    weak.save_pretrained(tmp_path / "weak")
+    load_tokenizer(str(tiny_model)).save_pretrained(tmp_path / "weak")
+    assert main(["SST-2", "--mode", "agora", "--model", str(tiny_model), "--oracle", str(tmp_path / "weak"),
+                 "--data-dir", str(small_sst2), "--output-dir", str(tmp_path / "o"), "--max-steps", "1",
+                 "--quiet"]) == 2
+    assert "50.0% dev accuracy on SST-2, below the 2/3" in capsys.readouterr().err
+
+
+def test_agora_refuses_choice_tasks(tiny_model, tmp_path, capsys):
+    assert main(["COPA", "--mode", "agora", "--model", str(tiny_model), "--output-dir", str(tmp_path)]) == 2
+    assert "Agora supports classification and regression tasks; COPA is multiple_choice" in capsys.readouterr().err
+
+
+def test_prune_drops_the_top_run_of_equal_outcomes():
+    theta = [{"i": 0}, {"i": 1}, {"i": 2}, {"i": 3}]
+    assert prune(theta, [0.70, 0.80, 0.80, 0.60], 3) == [{"i": 0}, {"i": 3}]
+    assert prune(theta, [0.70, 0.80, 0.79, 0.60], 3) == [{"i": 2}, {"i": 0}, {"i": 3}]
+    assert prune(theta[:1], [0.5], 3) == []
+
+
+def test_sample_configurations_is_a_seeded_grid_sample():
+    space = {"learning_rate": [1e-4, 1e-5], "seed": [0, 1, 2]}
+    a, b = sample_configurations(space, 4, 7), sample_configurations(space, 4, 7)
+    assert a == b and len({json.dumps(c, sort_keys=True) for c in a}) == 4
+    assert len(sample_configurations(space, 0, 7)) == 6
+
+
+def test_perturb_changes_text_and_uses_synonyms():
+    rng = random.Random(0)
+    text = "a very good movie with a great story"
+    outs = {perturb(text, rng) for _ in range(30)}
+    assert text not in outs and len(outs) > 5
+    assert SYNONYMS["good"] and "fine" in SYNONYMS["good"] and "good" in SYNONYMS["fine"]
+    assert perturb("ok", random.Random(0)) == "ok"  # nothing to edit: unchanged rather than garbage
+
+
+def test_mlm_substitution_needs_an_mlm_head(teacher_path, tmp_path):
+    with pytest.raises(DataError, match="no trained masked-LM head"):
+        make_transform("mlm", str(teacher_path))
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    transform = make_transform("mlm", str(tmp_path / "mlm"))
+    text = "the cat sat on the mat and looked at the dog"
+    out = transform(text, random.Random(0))
+    assert out != text and len(out.split()) >= 5
+    with pytest.raises(ValueError, match="valid: perturb, mlm"):
+        make_transform("backtranslate")

@@ -1,0 +1,103 @@
+"""The entry point end to end on a tiny model and real task files, and its handling of bad input."""
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification
+
+from finetune.run_finetune import main
+from finetune.tasks import get_task
+from finetune.trainer import TrainConfig, encode, load_model, load_tokenizer, set_seed, train
+
+TINY = ["--max-train-examples", "48", "--max-steps", "6", "--eval-every", "3", "--max-seq-length", "64",
+        "--learning-rate", "1e-3", "--batch-size", "8", "--quiet"]
+
+
+def test_one_run_saves_model_metrics_config_and_submission(tiny_model, tmp_path, superglue_dir):
+    out = tmp_path / "out"
+    assert main(["CB", "--model", str(tiny_model), "--output-dir", str(out), *TINY]) == 0
+    folder = out / "CB"
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert model.config.id2label == {0: "entailment", 1: "contradiction", 2: "neutral"}
+    assert isinstance(AutoModel.from_pretrained(folder), torch.nn.Module)
+    metrics = json.loads((folder / "dev_metrics.json").read_text())
+    assert set(metrics["dev"]["val"]) == {"accuracy", "macro_f1", "score"} and metrics["steps"] == 6
+    config = json.loads((folder / "finetune_config.json").read_text())
+    assert config["task"] == "CB" and config["train"]["learning_rate"] == 1e-3
+    assert config["data_dir"] == str(superglue_dir)
+    lines = (folder / "predictions" / "CB.jsonl").read_text().splitlines()
+    assert len(lines) == 250 and [json.loads(x)["idx"] for x in lines] == list(range(250))
+    assert (folder / "tokenizer.json").is_file() and "| CB | run |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["STS-B", "COPA"])
+def test_regression_and_multiple_choice_heads_learn(name, tiny_model, glue_dir, superglue_dir):
+    """The regression and multiple-choice heads fit a handful of examples: loss down, score far above chance."""
+    task = get_task(name)
+    root = glue_dir if task.benchmark == "glue" else superglue_dir
+    examples = task.read(root, "train" if task.train and name == "STS-B" else "val")[:16]
+    set_seed(0)
+    tokenizer, model = load_tokenizer(str(tiny_model)), load_model(task, str(tiny_model))
+    result = train(task, model, tokenizer, examples, {"dev": examples},
+                   TrainConfig(learning_rate=1e-2, batch_size=16, max_steps=60, eval_every=10, warmup_fraction=0.0,
+                               early_stopping_patience=0, max_seq_length=64, weight_decay=0.0), progress=False)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    # Fitting 16 training examples: far above chance (Pearson 0, accuracy 1/2) on them.
+    assert result.score > (0.5 if name == "STS-B" else 0.9)
+
+
+def test_unknown_task_exits_2_listing_tasks(capsys):
+    assert main(["NOPE"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'NOPE'" in err and "MRPC" in err and "ReCoRD" in err
+
+
+def test_missing_data_file_exits_2_naming_it(tiny_model, tmp_path, capsys):
+    assert main(["RTE", "--model", str(tiny_model), "--data-dir", str(tmp_path), *TINY]) == 2
+    assert f"{tmp_path}/RTE/train.tsv: file not found" in capsys.readouterr().err
+
+
+def test_model_without_tokenizer_exits_2(tiny_model, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model / f, bare / f)
+    assert main(["CB", "--model", str(bare), "--output-dir", str(tmp_path / "o"), *TINY]) == 2
+    assert "no tokenizer files" in capsys.readouterr().err
+
+
+def test_long_sequences_are_truncated_with_a_count(tiny_model, superglue_dir, caplog):
+    task = get_task("CB")
+    examples = task.read(superglue_dir, "val")
+    tokenizer = load_tokenizer(str(tiny_model))
+    lengths = [len(tokenizer(e.texts[0], e.texts[1])["input_ids"]) for e in examples]
+    features, truncated = encode(task, examples, tokenizer, 64)
+    assert truncated == sum(n > 64 for n in lengths) > 0
+    assert max(len(f["input_ids"]) for f in features) == 64
+    model = load_model(task, str(tiny_model))  # 128 positions: a longer request is clipped with a warning
+    with caplog.at_level(logging.WARNING):
+        train(task, model, tokenizer, examples[:8], {"val": examples[:8]},
+              TrainConfig(max_steps=1, max_seq_length=512, batch_size=8), progress=False)
+    assert "exceeds the model's 128 positions" in caplog.text and "were truncated" in caplog.text
+
+
+def test_diagnostic_needs_a_model_with_the_same_labels(tiny_model, tmp_path, capsys):
+    """AX-b is predicted by an RTE model: a CB model (three labels) is refused; an RTE-labelled one works."""
+    sg = tmp_path / "sg"
+    (sg / "AX-b").mkdir(parents=True)
+    (sg / "AX-b" / "AX-b.jsonl").write_text("".join(
+        json.dumps({"sentence1": f"A{i}", "sentence2": "B", "label": "entailment", "idx": i}) + "\n" for i in range(3)))
+    cb_model = tmp_path / "cb"
+    load_model(get_task("CB"), str(tiny_model)).save_pretrained(cb_model)
+    load_tokenizer(str(tiny_model)).save_pretrained(cb_model)
+    assert main(["AX-b", "--model", str(cb_model), "--data-dir", str(sg), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "differ from AX-b's" in capsys.readouterr().err
+    rte_model = tmp_path / "rte"
+    load_model(get_task("SuperGLUE-RTE"), str(tiny_model)).save_pretrained(rte_model)
+    load_tokenizer(str(tiny_model)).save_pretrained(rte_model)
+    assert main(["AX-b", "--model", str(rte_model), "--data-dir", str(sg), "--output-dir", str(tmp_path / "o")]) == 0
+    lines = (tmp_path / "o" / "AX-b" / "predictions" / "AX-b.jsonl").read_text().splitlines()
+    assert [json.loads(x)["idx"] for x in lines] == [0, 1, 2]

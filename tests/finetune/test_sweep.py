@@ -1,0 +1,82 @@
+"""A two-trial sweep on a tiny model, killed during its second trial, then resumed from its storage."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from finetune.run_finetune import main
+from finetune.sweep import BORT_GRID, load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _states(storage: str, name: str) -> list[TrialState]:
+    try:
+        return [t.state for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)]
+    except KeyError:  # study not created yet
+        return []
+
+
+def test_sweep_resumes_after_interruption(tiny_model, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: [0.001, 0.0005]\nseed: [0]\nbatch_size: [8]\n")
+    out = tmp_path / "out"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["CB", "--mode", "sweep", "--model", str(tiny_model), "--output-dir", str(out), "--space", str(space),
+            "--n-trials", "2", "--storage", storage, "--heartbeat-interval", "1", "--max-train-examples", "64",
+            "--max-steps", "40", "--eval-every", "20", "--max-seq-length", "64", "--max-eval-examples", "24",
+            "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune" / "run_finetune.py"), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, running_since = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            states = _states(storage, "CB-sweep")
+            if states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING in states:
+                running_since = running_since or time.time()
+                if time.time() - running_since > 1.2:  # the second trial has sent a heartbeat (1 s interval)
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    study = optuna.load_study(study_name="CB-sweep", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    first_value, killed_params = study.trials[0].value, study.trials[1].params
+
+    time.sleep(2.5)  # the killed trial's heartbeat goes stale (grace period: twice the 1 s interval)
+    assert main(args) == 0
+    study = optuna.load_study(study_name="CB-sweep", storage=storage)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and complete[0].number == 0 and complete[0].value == first_value
+    assert study.trials[1].state == TrialState.FAIL and complete[1].params == killed_params
+    assert {t.params["learning_rate"] for t in complete} == {0.001, 0.0005}
+
+    folder = out / "CB" / "sweep"
+    best = json.loads((folder / "best" / "dev_metrics.json").read_text())
+    assert best["dev"]["val"]["score"] == pytest.approx(study.best_value)
+    assert json.loads((folder / "best" / "finetune_config.json").read_text())["trial"] == study.best_trial.number
+    assert (folder / "history.png").stat().st_size > 0 and (folder / "trials.csv").is_file()
+    assert len(list((folder / "trials").glob("trial_*"))) == 1  # only the best trial's model is kept
+    assert "| CB | sweep (3 trials)" in (out / "summary.md").read_text()
+
+
+def test_default_space_is_borts_grid_and_bad_space_is_refused(tmp_path):
+    space = load_space(None)
+    assert space == BORT_GRID and len(space["seed"]) * 3 * 4 * 4 * 2 == 480
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: [0.1]\n")
+    with pytest.raises(ValueError, match="'learning_rat' is not a hyperparameter"):
+        load_space(str(bad))
