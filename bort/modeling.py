@@ -9,9 +9,10 @@ data:
 - layers (D): evenly spaced, always keeping the last layer;
 - heads (A), per layer: by ‖W_V rows of the head‖·‖W_O columns of the head‖;
 - dimensions inside a head when the student's head is narrower: Q/K dimensions by ‖W_Q row‖·‖W_K row‖, V/O by
-  ‖W_V row‖·‖W_O column‖; when it is wider, the extra dimensions start with zero queries and zero output columns so
-  the extracted function is unchanged, and queries are scaled by sqrt(d_student / d_teacher) to keep the attention
-  temperature of the teacher;
+  ‖W_V row‖·‖W_O column‖, with queries scaled by sqrt(d_student / d_teacher) to keep the teacher's attention
+  temperature; when it is wider, it holds ⌈d_student / d_teacher⌉ whole teacher heads side by side (merged heads), so
+  every dimension starts from the teacher and the Q/K/V relations of each teacher-width slice are the teacher's;
+  dimensions left over when the teacher runs out of heads start with zero queries and zero output columns;
 - feed-forward neurons (I), per layer: by ‖W_in row‖·‖W_out column‖.
 
 Kept indices stay in the teacher's order, so extracting the teacher's own architecture reproduces it exactly.
@@ -183,30 +184,44 @@ def _copy_layer(src: nn.Module, dst: nn.Module, arch: Architecture, h_idx: torch
     wq, wk, wv = (m.weight.view(teacher_heads, d_t, -1) for m in (q, k, v))
     wo = o.weight.view(-1, teacher_heads, d_t)
     head_score = wv.norm(dim=(1, 2)) * wo.norm(dim=(0, 2))
-    heads = _top(head_score, a_s)
-    width = min(d_s, d_t)
-    scale = math.sqrt(d_s / d_t)  # keeps q·k / sqrt(d) at the teacher's temperature
     new = {name: torch.zeros(a_s, d_s, len(h_idx)) for name in ("q", "k", "v")}
     new_b = {name: torch.zeros(a_s, d_s) for name in ("q", "k", "v")}
     new_o = torch.zeros(len(h_idx), a_s, d_s)
-    # the student's own random rows for K and V beyond the teacher's head width (zero Q and O keep the function)
-    rand_k = d_att.self.key.weight.view(a_s, d_s, -1).clone()
-    rand_kb = d_att.self.key.bias.view(a_s, d_s).clone()
-    rand_v = d_att.self.value.weight.view(a_s, d_s, -1).clone()
-    rand_vb = d_att.self.value.bias.view(a_s, d_s).clone()
-    for j, h in enumerate(heads.tolist()):
+    teacher_b = {"q": q.bias.view(teacher_heads, d_t), "k": k.bias.view(teacher_heads, d_t),
+                 "v": v.bias.view(teacher_heads, d_t)}
+
+    def fill(j: int, start: int, h: int, width: int, scale: float) -> None:
+        """Copy the top ``width`` dimensions of teacher head h into student head j from dimension ``start``."""
         qk_dims = _top(wq[h].norm(dim=1) * wk[h].norm(dim=1), width)
         vo_dims = _top(wv[h].norm(dim=1) * wo[:, h].norm(dim=0), width)
-        new["q"][j, :width] = wq[h][qk_dims][:, h_idx] * scale
-        new_b["q"][j, :width] = q.bias.view(teacher_heads, d_t)[h][qk_dims] * scale
-        new["k"][j, :width] = wk[h][qk_dims][:, h_idx]
-        new_b["k"][j, :width] = k.bias.view(teacher_heads, d_t)[h][qk_dims]
-        new["v"][j, :width] = wv[h][vo_dims][:, h_idx]
-        new_b["v"][j, :width] = v.bias.view(teacher_heads, d_t)[h][vo_dims]
-        new_o[:, j, :width] = wo[:, h][h_idx][:, vo_dims]
-        if d_s > d_t:
-            new["k"][j, width:], new_b["k"][j, width:] = rand_k[j, width:], rand_kb[j, width:]
-            new["v"][j, width:], new_b["v"][j, width:] = rand_v[j, width:], rand_vb[j, width:]
+        span = slice(start, start + width)
+        for name, w, dims in (("q", wq, qk_dims), ("k", wk, qk_dims), ("v", wv, vo_dims)):
+            factor = scale if name == "q" else 1.0
+            new[name][j, span] = w[h][dims][:, h_idx] * factor
+            new_b[name][j, span] = teacher_b[name][h][dims] * factor
+        new_o[:, j, span] = wo[:, h][h_idx][:, vo_dims]
+
+    if d_s <= d_t:
+        # one teacher head per student head, its most important dimensions; queries scaled by sqrt(d_s / d_t)
+        # keep q·k / sqrt(d) at the teacher's temperature
+        for j, h in enumerate(_top(head_score, a_s).tolist()):
+            fill(j, 0, h, d_s, math.sqrt(d_s / d_t))
+    else:
+        # a wider head holds ceil(d_s / d_t) whole teacher heads side by side (the most important heads, grouped in
+        # the teacher's order), so its relations per teacher-width slice are the teacher's; dimensions left over
+        # when the teacher runs out of heads keep zero queries and output columns (no effect on the function)
+        per_head = math.ceil(d_s / d_t)
+        chosen = _top(head_score, min(teacher_heads, a_s * per_head)).tolist()
+        rand = {name: (getattr(d_att.self, module).weight.view(a_s, d_s, -1).clone(),
+                       getattr(d_att.self, module).bias.view(a_s, d_s).clone())
+                for name, module in (("k", "key"), ("v", "value"))}
+        for j in range(a_s):
+            group = chosen[j * per_head:(j + 1) * per_head]
+            for g, h in enumerate(group):
+                fill(j, g * d_t, h, min(d_t, d_s - g * d_t), 1.0)
+            filled = min(d_s, len(group) * d_t)
+            for name, (weight, bias) in rand.items():
+                new[name][j, filled:], new_b[name][j, filled:] = weight[j, filled:], bias[j, filled:]
     for name, module in (("q", d_att.self.query), ("k", d_att.self.key), ("v", d_att.self.value)):
         _copy(module.weight, new[name].reshape(a_s * d_s, -1))
         _copy(module.bias, new_b[name].reshape(-1))
