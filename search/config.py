@@ -64,8 +64,20 @@ class SearchConfig:
     maximum_point: str = field(default="teacher", metadata={
         "help": "T in W: 'teacher' or 'space' (the largest architecture of the space).", "choices": ["teacher", "space"]})
     latency: str = field(default="all", metadata={
-        "help": "Which architectures get a measured latency: 'all' or only the trained 'candidates' (and T).",
-        "choices": ["all", "candidates"]})
+        "help": "Which architectures get a latency: 'all' measured, only the trained 'candidates' (and T) measured, "
+                "or 'predicted': --latency-samples measured and a ridge regression on FLOPs-like features for the "
+                "rest (its cross-validated error goes to latency_model.json), for spaces too large to measure.",
+        "choices": ["all", "candidates", "predicted"]})
+    latency_samples: int = field(default=24, metadata={
+        "help": "--latency predicted: architectures measured to fit the predictor (spread over the FLOPs range)."})
+    latency_device: str = field(default="cpu", metadata={
+        "help": "Device of the latency profile: 'cpu' or 'cuda[:k]' (the device that will run the model)."})
+    latency_dtype: str = field(default="float32", metadata={
+        "help": "dtype of the latency profile.", "choices": ["float32", "float16", "bfloat16"]})
+    latency_profile: str | None = field(default=None, metadata={
+        "help": "Name of the latency profile (device, threads, dtype, batch, sequence length); measurements are "
+                "cached per profile in --cache-dir/latency and reused by every later search on the same device. "
+                "Default: derived from the settings, e.g. cpu-float32-t2-b1-s128."})
     latency_batch_size: int = field(default=1, metadata={"help": "Batch size of latency measurements."})
     latency_repeats: int = field(default=10, metadata={"help": "Timed forward passes per latency measurement."})
     latency_warmup: int = field(default=2, metadata={"help": "Untimed forward passes before timing."})
@@ -78,7 +90,8 @@ class SearchConfig:
     output_dir: str = field(default="outputs/fptas", metadata={
         "help": "Results folder. Re-running with the same folder resumes: finished candidates are not retrained."})
     cache_dir: str | None = field(default=None, metadata={
-        "help": "Token cache folder. Default: $BORT_CACHE_DIR or ~/.cache/bort."})
+        "help": "Cache folder of token shards and of latency measurements per profile. Default: $BORT_CACHE_DIR or "
+                "~/.cache/bort."})
     storage: str | None = field(default=None, metadata={
         "help": "Optuna storage URL of the study (an SQLAlchemy URL). Default: a SQLite file study.db in "
                 "--output-dir. A PostgreSQL URL (postgresql://user:password@host:port/db) lets any number of workers "
@@ -139,8 +152,10 @@ class SearchConfig:
             raise ValueError(f"--threads must be positive, got {self.threads}")
         if not (self.teacher_cache_gib >= 0 and math.isfinite(self.teacher_cache_gib)):
             raise ValueError(f"--teacher-cache-gib must be a non-negative number, got {self.teacher_cache_gib}")
-        if self.cost == "latency" and self.latency != "all":
-            raise ValueError("--cost latency needs the latency of every architecture: use --latency all")
+        if self.cost == "latency" and self.latency == "candidates":
+            raise ValueError("--cost latency needs the latency of every architecture: use --latency all or predicted")
+        if self.latency_samples < 6:
+            raise ValueError(f"--latency-samples must be at least 6, got {self.latency_samples}")
         self.loss_weights()  # validates --loss
 
     def loss_weights(self) -> dict[str, float] | None:

@@ -12,14 +12,12 @@ skips finished work, and the study's Pareto front is the front of the evaluated 
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import logging
 import math
 import os
-import shutil
-import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,20 +25,20 @@ import optuna
 import torch
 import transformers
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from bort.architecture import Architecture
 from bort.counting import count_parameters, flops_per_sequence
 from bort.distill import DistillationLoss, default_weights
-from bort.latency import LatencyProfile, measure_latency
-from bort.modeling import build_or_extract, build_student, has_mlm_head, load_teacher, load_teacher_config, set_dropout
+from bort.latency import LatencyProfile
+from bort.modeling import build_or_extract, has_mlm_head, load_teacher, load_teacher_config, set_dropout
 from bort.training import OptimConfig, TeacherOutputs, distill, evaluate
 from data.collator import MaskingCollator
 from data.corpus import load_corpus
 from data.resources import default_corpus, default_teacher
 from search.config import SearchConfig
-from search.fptas import interval_candidates, w_coefficient
+from search.fptas import interval_candidates
+from search.latency import LatencyCache, fit_predictor, measure_architectures, predict, sample_for_fit
 from search.report import atomic_write_json, save_winner, winner_lock, write_results
 from search.storage import open_storage, redact
 from search.worker import Evaluation, run_planned, run_sampled, trial_key
@@ -48,7 +46,6 @@ from search.space import DIMENSIONS, default_space, load_space
 
 logger = logging.getLogger(__name__)
 STUDY_NAME = "fptas"
-LATENCY_VOCAB_SIZE = 1024
 
 
 class SearchError(ValueError):
@@ -263,7 +260,10 @@ def _open_study(config: SearchConfig, inputs: Inputs, resolved: dict, storage) -
     stored = study.user_attrs.get("defining_settings")
     if stored is None:
         study.set_user_attr("defining_settings", defining)
-        study.set_metric_names([f"p ({config.parameter_count} parameters)", f"i ({config.cost})", "e (held-out loss)"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([f"p ({config.parameter_count} parameters)", f"i ({config.cost})",
+                                    "e (held-out loss)"])
         stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs["defining_settings"]
     if stored != defining:
         differing = sorted(k for k in set(stored) | set(defining) if stored.get(k) != defining.get(k))
@@ -293,38 +293,58 @@ def _measure_architectures(config: SearchConfig, inputs: Inputs, teacher: PreTra
         rows.append({"name": arch.name, **arch.to_dict(), "params_total": params.total,
                      "params_effective": params.effective,
                      "flops": flops_per_sequence(arch, config.max_seq_length, pooler=pooler),
-                     "latency_ms": None, "candidate": False})
+                     "latency_ms": None, "latency_source": None, "candidate": False})
     if config.latency == "all":
         _add_latencies(config, inputs, rows, teacher)
+    elif config.latency == "predicted":
+        _predict_latencies(config, inputs, rows)
     return rows
 
 
 def _latency_profile(config: SearchConfig) -> LatencyProfile:
     return LatencyProfile(batch_size=config.latency_batch_size, seq_len=config.max_seq_length,
-                          threads=config.threads, warmup=config.latency_warmup, repeats=config.latency_repeats)
+                          device=config.latency_device, dtype=config.latency_dtype, threads=config.threads,
+                          warmup=config.latency_warmup, repeats=config.latency_repeats)
 
 
-def _add_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict], teacher: PreTrainedModel) -> None:
-    """Fill ``latency_ms`` of ``rows``, reusing the measurements cached in the output folder under the same profile."""
-    profile = _latency_profile(config)
-    cache_file = inputs.output_dir / "latency.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    if cache.get("profile") != profile.to_dict():
-        cache = {"profile": profile.to_dict(), "ms": {}}
-    todo = [r for r in rows if r["name"] not in cache["ms"]]
-    # An embedding lookup costs the same whatever the table's size, so latency models get a small vocabulary:
-    # building 300 models then takes seconds instead of minutes of initialising 30k-row tables.
-    latency_config = copy.deepcopy(inputs.teacher_config)
-    latency_config.vocab_size = min(latency_config.vocab_size, LATENCY_VOCAB_SIZE)
-    for row in tqdm(todo, desc="latency", unit="arch", disable=not config.progress or not todo):
-        arch = Architecture(**{d: row[d] for d in DIMENSIONS})
-        model = build_student(arch, latency_config, seed=config.seed)
-        cache["ms"][row["name"]] = measure_latency(model, profile, vocab_size=latency_config.vocab_size).mean_ms
-        del model
-    if todo:
-        atomic_write_json(cache_file, cache)
+def _latency_cache(config: SearchConfig, inputs: Inputs) -> LatencyCache:
+    return LatencyCache.open(_latency_profile(config), inputs.teacher_config, name=config.latency_profile,
+                             cache_dir=config.cache_dir)
+
+
+def _add_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict], teacher: PreTrainedModel = None) -> None:
+    """Fill ``latency_ms`` of ``rows`` with measurements, reusing the profile's cache in the user cache folder, and
+    record them (with the profile) in the output folder's ``latency.json``."""
+    cache = _latency_cache(config, inputs)
+    ms = measure_architectures([Architecture(**{d: r[d] for d in DIMENSIONS}) for r in rows], inputs.teacher_config,
+                               _latency_profile(config), cache, seed=config.seed, progress=config.progress)
     for row in rows:
-        row["latency_ms"] = cache["ms"][row["name"]]
+        row["latency_ms"], row["latency_source"] = ms[Architecture(**{d: row[d] for d in DIMENSIONS}).name], "measured"
+    record = inputs.output_dir / "latency.json"
+    previous = json.loads(record.read_text()) if record.is_file() else {}
+    if previous.get("key") != cache.key:
+        previous = {}
+    atomic_write_json(record, {"profile_name": cache.path.stem.rsplit("-", 1)[0], "cache_file": str(cache.path),
+                               "key": cache.key, "ms": {**previous.get("ms", {}), **ms}})
+
+
+def _predict_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict]) -> None:
+    """--latency predicted: measure a FLOPs-spread sample, fit the predictor, predict the rest; report its error."""
+    sample = sample_for_fit(inputs.archs, [r["flops"] for r in rows], config.latency_samples)
+    names = {a.name for a in sample}
+    measured = [r for r in rows if r["name"] in names]
+    _add_latencies(config, inputs, measured)
+    model, report = fit_predictor(sample, [next(r["latency_ms"] for r in measured if r["name"] == a.name)
+                                           for a in sample], config.max_seq_length)
+    predicted = predict(model, inputs.archs, config.max_seq_length)
+    for row in rows:
+        if row["latency_source"] is None:
+            row["latency_ms"], row["latency_source"] = predicted[row["name"]], "predicted"
+    atomic_write_json(inputs.output_dir / "latency_model.json", {**report, "profile": _latency_profile(
+        config).to_dict(), "predicted": {r["name"]: r["latency_ms"] for r in rows if r["latency_source"] ==
+                                         "predicted"}})
+    logger.info("latency predictor: %d measured points, cross-validated error %.1f%% (R² %.3f)", report["points"],
+                100 * report["cv_mape"], report["cv_r2"])
 
 
 def _maximum_point(config: SearchConfig, inputs: Inputs, rows: list[dict], teacher: PreTrainedModel):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import warnings
 
 import optuna
@@ -62,17 +63,31 @@ def open_storage(url: str, *, heartbeat_interval: int, grace_period: int, max_re
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S}  # workers wait for the database lock instead of failing
     elif url.startswith("postgres"):
         connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(engine_url(url), engine_kwargs={"connect_args": connect_args} if connect_args else None,
-                              heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError) as exc:
-        cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
-        detail = str(getattr(cause, "orig", None) or cause).strip().splitlines()
-        raise StorageError(f"cannot open --storage {redact(url)}: {detail[0] if detail else type(cause).__name__}") \
-            from None
+    for attempt in range(2):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(engine_url(url),
+                                  engine_kwargs={"connect_args": connect_args} if connect_args else None,
+                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError,
+                ValueError) as exc:
+            cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+            detail = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+            if attempt == 0 and isinstance(cause, sqlalchemy.exc.SQLAlchemyError) and _lost_creation_race(detail):
+                time.sleep(1.0)  # another worker created the tables at the same moment: they exist now
+                continue
+            raise StorageError(f"cannot open --storage {redact(url)}: "
+                               f"{detail[0] if detail else type(cause).__name__}") from None
+    raise AssertionError("unreachable")
+
+
+def _lost_creation_race(detail: list[str]) -> bool:
+    """Whether the error is a concurrent creation of Optuna's tables (SQLite's "already exists", PostgreSQL's
+    duplicate key on the catalogue), the only error that is retried (once)."""
+    text = " ".join(detail[:2])
+    return "already exists" in text or "duplicate key value" in text or "UNIQUE constraint failed" in text
 
 
 def create_waiting(study: optuna.Study, params: dict, distributions: dict) -> None:

@@ -9,6 +9,8 @@ that sees the study finished then writes the results (the same files: they are c
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from search.space import DIMENSIONS
 from search.storage import Heartbeat, claim, create_waiting, duplicate_of, fail_stale
 
 logger = logging.getLogger(__name__)
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # recorded on each trial a worker trains
 MAX_PROPOSALS_PER_TRIAL = 20  # a sampler that keeps proposing points outside Ξ or seen ones stops after this many
 
 
@@ -178,6 +181,8 @@ def evaluate_trial(ctx: Evaluation, study: optuna.Study, storage, trial: FrozenT
     row = ctx.rows[arch.name]
     bar.reset(total=ctx.config.steps)
     bar.set_description(f"{arch.name} θ{trial.params['theta']}")
+    handle = optuna.Trial(study, trial._trial_id)
+    handle.set_user_attr("worker", WORKER_ID)
     start = time.perf_counter()
     with Heartbeat(storage, trial._trial_id, ctx.config.heartbeat_interval):
         try:
@@ -189,7 +194,6 @@ def evaluate_trial(ctx: Evaluation, study: optuna.Study, storage, trial: FrozenT
     e = terms["loss"]
     w = w_coefficient(row[ctx.key_p], row[ctx.key_i], e, ctx.p_max, ctx.i_max)
     tokens = ctx.config.batch_size * ctx.config.max_seq_length * ctx.config.steps
-    handle = optuna.Trial(study, trial._trial_id)
     try:
         for key, value in {"W": w, "terms": terms, "theta_values": theta.to_dict(), "trained": True,
                            "train_loss_first_last": [losses[0], losses[-1]], "train_seconds": seconds,
