@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"winner: {w['name']}  W={w['W']:.4f}  e={w['e']:.4f}  "
           f"parameters {w['params_effective'] / 1e6:.2f}M effective / {w['params_total'] / 1e6:.2f}M total  "
           f"({rel['p']:.1%} of T's p, {rel['i']:.1%} of T's i)")
-    print(f"results: {summary['output_dir']} (architectures.csv, pareto_front.json, search.png, winner/)")
+    print(f"results: {summary['output_dir']} (report.md, architectures.csv, pareto_front.json, search.png, winner/)")
     return 0
 
 

@@ -40,7 +40,8 @@ from search.config import SearchConfig
 from search.fptas import interval_candidates
 from search.latency import LatencyCache, fit_predictor, measure_architectures, predict, sample_for_fit
 from search.report import atomic_write_json, save_winner, winner_lock, write_results
-from search.storage import open_storage, redact
+from search.report_page import write_report_page
+from search.storage import engine_url, open_storage, redact
 from search.worker import Evaluation, run_planned, run_sampled, trial_key
 from search.space import DIMENSIONS, default_space, load_space
 
@@ -154,7 +155,23 @@ def run_search(config: SearchConfig) -> dict:
                             key_i=key_i)
     _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_batches, heldout_batches,
                            teacher_outputs)
+    hint = redact(engine_url(config.storage)) if config.storage else \
+        f"sqlite:///{(inputs.output_dir / 'study.db').resolve()}"
+    page = write_report_page(inputs.output_dir, study, rows, summary, resolved, _teacher_row(config, inputs, teacher),
+                             storage_hint=hint)
+    summary["report"] = str(page)
     return summary
+
+
+def _teacher_row(config: SearchConfig, inputs: Inputs, teacher: PreTrainedModel) -> dict:
+    """The teacher's size, FLOPs and measured latency under the search's latency profile (cached per profile)."""
+    arch = Architecture.from_config(inputs.teacher_config)
+    pooler = getattr(teacher.base_model, "pooler", None) is not None
+    params = count_parameters(arch, inputs.teacher_config, pooler=pooler)
+    row = {"name": "teacher", **arch.to_dict(), "params_total": params.total, "params_effective": params.effective,
+           "flops": flops_per_sequence(arch, config.max_seq_length, pooler=pooler)}
+    _add_latencies(config, inputs, [row])
+    return row
 
 
 def _n_trials(config: SearchConfig, inputs: Inputs) -> int:

@@ -80,3 +80,37 @@ def postgres_server():
     subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                    capture_output=True)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- a tiny search shared by the worker, strategy and report tests ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def search_inputs(tmp_path_factory, teacher_path, wikitext_files):
+    folder = tmp_path_factory.mktemp("inputs")
+    lines = wikitext_files[0].read_text(encoding="utf-8").splitlines(keepends=True)
+    text, size = [], 0
+    for line in lines:  # about 150 kB of whole lines: 11 documents, so that a fifth can be held out
+        text.append(line)
+        size += len(line)
+        if size > 150_000:
+            break
+    (folder / "text.txt").write_text("".join(text), encoding="utf-8")
+    (folder / "space.yaml").write_text("num_hidden_layers: [1, 2]\nnum_attention_heads: [3]\nhidden_size: [96]\n"
+                                       "intermediate_size: [32, 64, 128]\n")
+    return {"text": folder / "text.txt", "space": folder / "space.yaml", "cache": folder / "cache",
+            "teacher": teacher_path}
+
+
+@pytest.fixture(scope="session")
+def search_cli(search_inputs):
+    """A function (output folder, *extra options) -> the command-line options of the tiny search: 6 architectures,
+    ε = 1 (each is a candidate), 20 steps of 4 × 32 tokens, 1 held-out batch, fast heartbeats (1 s, grace 3 s)."""
+    return lambda out, *extra: _search_args(search_inputs, out, *extra)
+
+
+def _search_args(inputs: dict, out: Path, *extra: str) -> list[str]:
+    return ["--teacher", str(inputs["teacher"]), "--corpus", str(inputs["text"]), "--space", str(inputs["space"]),
+            "--epsilon", "1", "--steps", "20", "--batch-size", "4", "--eval-batches", "1", "--max-seq-length", "32",
+            "--heldout-fraction", "0.2", "--latency", "candidates", "--latency-repeats", "1", "--latency-warmup",
+            "0", "--threads", "1", "--no_progress", "--cache-dir", str(inputs["cache"]), "--heartbeat-interval", "1",
+            "--grace-period", "3", "--poll-interval", "0.2", "--output-dir", str(out), *extra]

@@ -30,31 +30,6 @@ N_EVALUATIONS = 6  # |Ξ| of the space below, ε = 1, one θ
 WAIT_S = 420
 
 
-@pytest.fixture(scope="module")
-def search_inputs(tmp_path_factory, teacher_path, wikitext_files):
-    folder = tmp_path_factory.mktemp("inputs")
-    lines = wikitext_files[0].read_text(encoding="utf-8").splitlines(keepends=True)
-    text, size = [], 0
-    for line in lines:  # about 150 kB of whole lines: 11 documents, so that a fifth can be held out
-        text.append(line)
-        size += len(line)
-        if size > 150_000:
-            break
-    (folder / "text.txt").write_text("".join(text), encoding="utf-8")
-    (folder / "space.yaml").write_text("num_hidden_layers: [1, 2]\nnum_attention_heads: [3]\nhidden_size: [96]\n"
-                                       "intermediate_size: [32, 64, 128]\n")
-    return {"text": folder / "text.txt", "space": folder / "space.yaml", "cache": folder / "cache",
-            "teacher": teacher_path}
-
-
-def search_args(inputs: dict, out: Path, *extra: str) -> list[str]:
-    return ["--teacher", str(inputs["teacher"]), "--corpus", str(inputs["text"]), "--space", str(inputs["space"]),
-            "--epsilon", "1", "--steps", "20", "--batch-size", "4", "--eval-batches", "1", "--max-seq-length", "32",
-            "--heldout-fraction", "0.2", "--latency", "candidates", "--latency-repeats", "1", "--latency-warmup",
-            "0", "--threads", "1", "--no_progress", "--cache-dir", str(inputs["cache"]), "--heartbeat-interval", "1",
-            "--grace-period", "3", "--poll-interval", "0.2", "--output-dir", str(out), *extra]
-
-
 def start_workers(n: int, args: list[str], logs: Path) -> list[subprocess.Popen]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     logs.mkdir(parents=True, exist_ok=True)
@@ -101,21 +76,21 @@ def assert_each_evaluated_once(storage: str) -> optuna.Study:
 
 
 @pytest.fixture(scope="module")
-def reference(search_inputs, tmp_path_factory):
+def reference(search_cli, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "out"
-    assert main(search_args(search_inputs, out)) == 0
+    assert main(search_cli(out)) == 0
     return out
 
 
 @pytest.mark.parametrize("backend, workers", [("sqlite", 2), ("sqlite", 4), ("postgresql", 2), ("postgresql", 4)])
-def test_workers_finish_one_search_evaluating_each_candidate_once(backend, workers, search_inputs, reference,
+def test_workers_finish_one_search_evaluating_each_candidate_once(backend, workers, search_cli, reference,
                                                                   tmp_path, request):
     if backend == "postgresql":
         storage = request.getfixturevalue("postgres_server")(f"workers{workers}")
     else:
         storage = f"sqlite:///{tmp_path / 'shared.db'}"
     out = tmp_path / "out"  # one machine: the workers share the output folder as well
-    procs = start_workers(workers, search_args(search_inputs, out, "--storage", storage), tmp_path / "logs")
+    procs = start_workers(workers, search_cli(out, "--storage", storage), tmp_path / "logs")
     assert wait_all(procs, tmp_path / "logs") == [0] * workers
     study = assert_each_evaluated_once(storage)
     assert_same_results(out, reference)
@@ -126,13 +101,13 @@ def test_workers_finish_one_search_evaluating_each_candidate_once(backend, worke
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_worker_killed_mid_candidate_is_replaced(backend, search_inputs, reference, tmp_path, request):
+def test_a_worker_killed_mid_candidate_is_replaced(backend, search_cli, reference, tmp_path, request):
     if backend == "postgresql":
         storage = request.getfixturevalue("postgres_server")("killed_worker")
     else:
         storage = f"sqlite:///{tmp_path / 'shared.db'}"
     out = tmp_path / "out"
-    procs = start_workers(2, search_args(search_inputs, out, "--storage", storage), tmp_path / "logs")
+    procs = start_workers(2, search_cli(out, "--storage", storage), tmp_path / "logs")
     victim = None
     deadline = time.monotonic() + WAIT_S
     while victim is None and time.monotonic() < deadline:
@@ -158,9 +133,9 @@ def test_a_worker_killed_mid_candidate_is_replaced(backend, search_inputs, refer
     assert_same_results(out, reference)
 
 
-def test_whole_search_killed_then_resumed_gives_the_uninterrupted_result(search_inputs, reference, tmp_path):
+def test_whole_search_killed_then_resumed_gives_the_uninterrupted_result(search_cli, reference, tmp_path):
     out = tmp_path / "out"
-    args = search_args(search_inputs, out)  # the default storage: study.db in the output folder
+    args = search_cli(out)  # the default storage: study.db in the output folder
     procs = start_workers(2, args, tmp_path / "logs")
     storage = f"sqlite:///{out / 'study.db'}"
     finished: list = []
@@ -241,10 +216,10 @@ def _free_port() -> int:
     (f"postgresql://bort:secret@127.0.0.1:{_free_port()}/study", "Connection refused"),
     ("nosuchdb://somewhere/study", "nosuchdb"),
 ])
-def test_unreachable_storage_fails_fast_with_one_line(url, culprit, search_inputs, tmp_path, capsys):
+def test_unreachable_storage_fails_fast_with_one_line(url, culprit, search_cli, tmp_path, capsys):
     out = tmp_path / "out"
     start = time.monotonic()
-    assert main(search_args(search_inputs, out, "--storage", url)) == 2
+    assert main(search_cli(out, "--storage", url)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("run_fptas.py: error: cannot open --storage") and culprit in err[-1]
     assert "secret" not in err[-1]
@@ -256,17 +231,17 @@ def test_unreachable_storage_fails_fast_with_one_line(url, culprit, search_input
     (["--cost", "latency", "--latency", "all"], "cost"),
     (["--max-seq-length", "16"], "max_seq_length"),
 ])
-def test_a_study_of_another_definition_is_refused(extra, differing, search_inputs, reference, capsys):
+def test_a_study_of_another_definition_is_refused(extra, differing, search_cli, reference, capsys):
     study_file = reference / "study.db"
     before = study_file.stat().st_mtime_ns
-    assert main([*search_args(search_inputs, reference), *extra]) == 2
+    assert main([*search_cli(reference), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "created with other settings" in err and differing in err
     assert len(optuna.load_study(study_name="fptas", storage=f"sqlite:///{study_file}").trials) == N_EVALUATIONS
     assert study_file.stat().st_mtime_ns == before
 
 
-def test_grace_period_must_exceed_the_heartbeat(search_inputs, tmp_path, capsys):
+def test_grace_period_must_exceed_the_heartbeat(search_cli, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(search_args(search_inputs, tmp_path / "out", "--heartbeat-interval", "5", "--grace-period", "5"))
+        main(search_cli(tmp_path / "out", "--heartbeat-interval", "5", "--grace-period", "5"))
     assert exc.value.code == 2 and "--grace-period" in capsys.readouterr().err
