@@ -24,11 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import RidgeCV
-from sklearn.metrics import mean_absolute_percentage_error, r2_score
-from sklearn.model_selection import KFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 from transformers import PretrainedConfig
 
@@ -127,6 +122,13 @@ def fit_predictor(archs: list[Architecture], ms: list[float], seq_len: int) -> t
     """
     if len(archs) < 6:
         raise ValueError(f"the latency predictor needs at least 6 measured architectures, got {len(archs)}")
+    # imported here: scikit-learn takes seconds to import and only --latency predicted needs it
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import mean_absolute_percentage_error, r2_score
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     x = np.array([latency_features(a, seq_len) for a in archs], dtype=float)
     y = np.array(ms, dtype=float)
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-4, 3, 30)))
