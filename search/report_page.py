@@ -31,8 +31,9 @@ def _save(fig, path: Path) -> None:
 
 def plot_pareto(study: optuna.Study, path: Path, names: list[str]) -> None:
     """Optuna's 3-objective Pareto-front plot (matplotlib backend) of the study's completed trials."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
+    # Optuna's matplotlib backend (experimental) switches the global style to ggplot: keep that inside this plot
+    with warnings.catch_warnings(), plt.style.context("ggplot"):
+        warnings.simplefilter("ignore")
         ax = optuna.visualization.matplotlib.plot_pareto_front(study, target_names=names)
     fig = ax.figure
     fig.set_size_inches(7, 6)
