@@ -113,6 +113,8 @@ def run_search(config: SearchConfig) -> dict:
                            grace_period=config.grace_period, max_retry=config.max_retry)
     # all inputs are valid and the storage answers: from here on, results are written
     study = _open_study(config, inputs, resolved, storage)
+    if config.report_only and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise SearchError(f"the study {study.study_name!r} has no finished trial to report yet")
     atomic_write_json(inputs.output_dir / "config.json", resolved)
 
     rows = _measure_architectures(config, inputs, teacher)

@@ -33,10 +33,11 @@ def test_exhaustive_trains_every_architecture_once(exhaustive):
     assert summary["winner"]["name"] == max(rows, key=lambda r: r["W"])["name"]
 
 
-@pytest.mark.parametrize("strategy", ["nsga2", "tpe"])
-def test_samplers_stop_at_their_budget(strategy, search_cli, tmp_path):
+@pytest.mark.parametrize("strategy, latency", [("nsga2", "candidates"), ("tpe", "predicted")])
+def test_samplers_stop_at_their_budget(strategy, latency, search_cli, tmp_path):
     out = tmp_path / "out"
-    assert main(search_cli(out, "--strategy", strategy, "--n-trials", "3")) == 0
+    assert main(search_cli(out, "--strategy", strategy, "--n-trials", "3", "--latency", latency,
+                           "--latency-samples", "6")) == 0
     study, trained = trained_trials(out, f"fptas-{strategy}")
     assert len(trained) == 3 and len({trial_key(t) for t in trained}) == 3
     rows = json.loads((out / "architectures.json").read_text())
@@ -44,6 +45,14 @@ def test_samplers_stop_at_their_budget(strategy, search_cli, tmp_path):
     assert sum(r["candidate"] for r in rows) == 3
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         assert t.user_attrs.get("outside_space")
+    if latency == "predicted":  # the predictor was fitted on the 6 measured architectures and reports its error
+        model = json.loads((out / "latency_model.json").read_text())
+        assert model["points"] == 6 and model["cv_mape"] >= 0 and len(model["measured"]) == 6
+
+
+def test_report_only_on_an_empty_study_says_so(search_cli, tmp_path, capsys):
+    assert main(search_cli(tmp_path / "out", "--report-only")) == 2
+    assert "has no finished trial to report yet" in capsys.readouterr().err
 
 
 def test_report_page_compares_the_winner_with_the_teacher(exhaustive, teacher_path):
