@@ -227,13 +227,17 @@ def test_unreachable_storage_fails_fast_with_one_line(url, culprit, search_cli, 
 
 
 @pytest.mark.parametrize("extra, differing", [
+    (["--space", "SMALLER_SPACE"], "space"),
     (["--loss", "hidden_states=1"], "loss_weights"),
     (["--cost", "latency", "--latency", "all"], "cost"),
     (["--max-seq-length", "16"], "max_seq_length"),
 ])
-def test_a_study_of_another_definition_is_refused(extra, differing, search_cli, reference, capsys):
+def test_a_study_of_another_definition_is_refused(extra, differing, search_cli, reference, tmp_path, capsys):
     study_file = reference / "study.db"
     before = study_file.stat().st_mtime_ns
+    (tmp_path / "smaller.yaml").write_text("num_hidden_layers: [1]\nnum_attention_heads: [3]\nhidden_size: [96]\n"
+                                           "intermediate_size: [32, 64]\n")
+    extra = [str(tmp_path / "smaller.yaml") if e == "SMALLER_SPACE" else e for e in extra]
     assert main([*search_cli(reference), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "created with other settings" in err and differing in err
