@@ -56,6 +56,25 @@ def default_weights(teacher_has_mlm_head: bool) -> dict[str, float]:
     return dict(BORT_WEIGHTS if teacher_has_mlm_head else RELATION_WEIGHTS)
 
 
+def parse_weights(items: list[str]) -> dict[str, float]:
+    """``["NAME=WEIGHT", ...]`` (command-line form) → ``{NAME: WEIGHT}``.
+
+    Raises:
+        ValueError: on an item that is not NAME=WEIGHT with NAME in TERMS and a number WEIGHT.
+    """
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if not sep or name not in TERMS or weight is None:
+            raise ValueError(f"loss item {item!r} is not NAME=WEIGHT with NAME in {TERMS}")
+        weights[name] = weight
+    return weights
+
+
 class DistillationLoss(nn.Module):
     """Weighted sum of the terms in ``weights`` (keys from ``TERMS``; zero-weight terms are skipped).
 

@@ -7,7 +7,9 @@ gradient clipping at a global norm.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -90,38 +92,107 @@ class TeacherOutputs:
         return out
 
 
+class DistillationObjective(nn.Module):
+    """The student and the loss's own parameters (e.g. the hidden-state projection) as one module, so that a
+    data-parallel wrapper (DDP) or a gradient all-reduce sees every trained parameter.
+
+    Call: ``(batch, target)`` → the loss terms of :meth:`DistillationLoss.forward` for the student's outputs on
+    ``batch`` against the teacher's ``target`` (DistillOutputs, prepared).
+    """
+
+    def __init__(self, student: PreTrainedModel, loss_fn: DistillationLoss, layer: int = -1) -> None:
+        super().__init__()
+        self.student, self.loss_fn, self.layer = student, loss_fn, layer
+
+    def forward(self, batch: dict[str, torch.Tensor], target: DistillOutputs) -> dict[str, torch.Tensor]:
+        outputs = forward_for_distillation(self.student, batch, self.loss_fn.needs, self.layer)
+        return self.loss_fn(outputs, target, batch["attention_mask"], batch.get("labels"))
+
+
+def accumulate_gradients(objective: Callable[[dict, DistillOutputs], dict[str, torch.Tensor]],
+                         micro_batches: Sequence[dict[str, torch.Tensor]],
+                         targets: Callable[[int, dict[str, torch.Tensor]], DistillOutputs], *,
+                         autocast_dtype: torch.dtype | None = None, device_type: str = "cpu",
+                         scaler: torch.amp.GradScaler | None = None,
+                         no_sync: Callable[[], AbstractContextManager] | None = None) -> dict[str, torch.Tensor]:
+    """Forward and backward over the micro-batches of one optimizer step, gradients summed in ``.grad``.
+
+    Each micro-batch's loss is divided by their number, so the gradient is that of the mean of the micro-batches'
+    losses (a data-parallel mean over ranks then gives the mean over every micro-batch of the global batch).
+    ``targets(i, batch)`` gives the teacher's outputs for micro-batch ``i``. Under ``autocast_dtype`` (bf16 or fp16)
+    the forward runs in mixed precision; ``scaler`` scales the loss (fp16). ``no_sync()`` is entered for all but the
+    last micro-batch (DDP's gradient synchronisation happens once per step). Gradients are not zeroed here.
+
+    Returns:
+        the mean over micro-batches of every loss term, as detached float32 scalar tensors.
+    """
+    totals: dict[str, torch.Tensor] = {}
+    count = len(micro_batches)
+    for i, batch in enumerate(micro_batches):
+        target = targets(i, batch)
+        context = no_sync() if no_sync is not None and i < count - 1 else nullcontext()
+        with context:
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                terms = objective(batch, target)
+            loss = terms["loss"].float() / count
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + value.detach().float() / count
+    return totals
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, scheduler, *, max_grad_norm: float | None,
+                    scaler: torch.amp.GradScaler | None = None) -> bool:
+    """Clip (global norm), step the optimizer (through ``scaler`` under fp16) and the schedule, zero the gradients.
+
+    Returns:
+        whether the optimizer stepped: False when the fp16 scaler found infinite or NaN gradients and skipped it
+        (the scale is then lowered, dynamic loss scaling).
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_grad_norm)
+    stepped = True
+    if scaler is not None:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        stepped = scaler.get_scale() >= scale
+    else:
+        optimizer.step()
+    if stepped:  # a skipped step does not advance the schedule
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return stepped
+
+
 def distill(student: PreTrainedModel, loss_fn: DistillationLoss, batches: Sequence[dict[str, torch.Tensor]],
             teacher: Callable[[object, dict], DistillOutputs], optim: OptimConfig, *, steps: int | None = None,
             key_prefix: object = "train", progress: tqdm | None = None, layer: int = -1) -> list[float]:
     """Train ``student`` (and the loss's own parameters) for ``steps`` optimizer steps over ``batches`` (cycled).
 
     Returns the training loss of every step. ``teacher(key, batch)`` supplies the teacher's outputs, where key is
-    (key_prefix, batch index) so a TeacherOutputs cache can serve repeated batches.
+    (key_prefix, batch index) so a TeacherOutputs cache can serve repeated batches. One batch per step, full
+    precision, one process: the search's short training. The full pre-training (``bort/pretraining.py``) runs the
+    same :func:`accumulate_gradients` and :func:`apply_gradients` with accumulation, mixed precision and data
+    parallelism.
 
     Raises:
         FloatingPointError: on a NaN or infinite loss, naming the step.
     """
     steps = len(batches) if steps is None else steps
     optimizer, scheduler = build_optimizer([student, loss_fn], optim, steps)
-    student.train()
-    loss_fn.train()
+    objective = DistillationObjective(student, loss_fn, layer).train()
     losses = []
     for step in range(steps):
         index = step % len(batches)
-        batch = batches[index]
-        target = teacher((key_prefix, index), batch)
-        terms = loss_fn(forward_for_distillation(student, batch, loss_fn.needs, layer), target,
-                        batch["attention_mask"], batch.get("labels"))
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite distillation loss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if optim.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+        terms = accumulate_gradients(objective, [batches[index]], lambda _, batch: teacher((key_prefix, index), batch))
+        loss = terms["loss"].item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite distillation loss {loss} at step {step}")
+        apply_gradients(optimizer, scheduler, max_grad_norm=optim.max_grad_norm)
+        losses.append(loss)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
@@ -129,16 +200,61 @@ def distill(student: PreTrainedModel, loss_fn: DistillationLoss, batches: Sequen
 
 
 @torch.no_grad()
-def evaluate(student: PreTrainedModel, loss_fn: DistillationLoss, batches: Sequence[dict[str, torch.Tensor]],
-             teacher: Callable[[object, dict], DistillOutputs], *, key_prefix: object = "heldout",
-             layer: int = -1) -> dict[str, float]:
-    """Mean of every loss term over ``batches`` in eval mode (no dropout): the e(b) of the search is ``["loss"]``."""
+def evaluation_sums(student: PreTrainedModel, loss_fn: DistillationLoss, batches: Iterable[dict[str, torch.Tensor]],
+                    teacher: Callable[[object, dict], DistillOutputs], *, key_prefix: object = "heldout",
+                    layer: int = -1, mlm_metrics: bool = False, autocast_dtype: torch.dtype | None = None,
+                    device_type: str = "cpu") -> dict[str, torch.Tensor]:
+    """Sums for held-out metrics, in eval mode (no dropout), so that data-parallel ranks can add theirs up.
+
+    Returns float64 scalar tensors: ``batches``, and per loss term its sum over batches of the batch mean; with
+    ``mlm_metrics`` (a student with a masked-LM head and batches with ``labels``) also ``masked_tokens`` and, over
+    the masked tokens, ``mlm_nll`` (summed cross-entropy, nats), ``mlm_correct`` (top-1 hits) and ``mlm_rr``
+    (summed reciprocal rank of the true token: 1 / (1 + number of tokens scored strictly higher)).
+    Normalise with :func:`normalize_evaluation`.
+    """
     student.eval()
     loss_fn.eval()
-    totals: dict[str, float] = {}
+    needs = loss_fn.needs | ({"logits"} if mlm_metrics else set())
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0.0) + value.detach().double().cpu()
+
     for index, batch in enumerate(batches):
-        terms = loss_fn(forward_for_distillation(student, batch, loss_fn.needs, layer),
-                        teacher((key_prefix, index), batch), batch["attention_mask"], batch.get("labels"))
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            outputs = forward_for_distillation(student, batch, needs, layer)
+            terms = loss_fn(outputs, teacher((key_prefix, index), batch), batch["attention_mask"], batch.get("labels"))
+        add("batches", torch.tensor(1.0))
         for name, value in terms.items():
-            totals[name] = totals.get(name, 0.0) + value.item()
-    return {name: total / len(batches) for name, total in totals.items()}
+            add(name, value)
+        if mlm_metrics:
+            logits = outputs.logits.float()
+            true = batch["labels"][batch["labels"] != -100]
+            true_logit = logits.gather(1, true[:, None])
+            add("masked_tokens", torch.tensor(float(true.numel())))
+            add("mlm_nll", torch.nn.functional.cross_entropy(logits, true, reduction="sum"))
+            add("mlm_correct", (logits.argmax(-1) == true).sum())
+            add("mlm_rr", (1.0 / (1 + (logits > true_logit).sum(-1).double())).sum())
+    return sums
+
+
+def normalize_evaluation(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Means from :func:`evaluation_sums` (possibly summed over ranks): loss terms per batch; ``mlm_loss``
+    (nats per masked token), ``mlm_accuracy`` and ``mlm_mrr`` (mean reciprocal rank) per masked token."""
+    batches = float(sums["batches"])
+    out = {name: float(value) / batches for name, value in sums.items()
+           if name not in ("batches", "masked_tokens", "mlm_nll", "mlm_correct", "mlm_rr")}
+    if "masked_tokens" in sums:
+        tokens = max(float(sums["masked_tokens"]), 1.0)
+        out.update(mlm_loss=float(sums["mlm_nll"]) / tokens, mlm_accuracy=float(sums["mlm_correct"]) / tokens,
+                   mlm_mrr=float(sums["mlm_rr"]) / tokens)
+    return out
+
+
+def evaluate(student: PreTrainedModel, loss_fn: DistillationLoss, batches: Sequence[dict[str, torch.Tensor]],
+             teacher: Callable[[object, dict], DistillOutputs], *, key_prefix: object = "heldout",
+             layer: int = -1, mlm_metrics: bool = False) -> dict[str, float]:
+    """Mean of every loss term over ``batches`` in eval mode (no dropout): the e(b) of the search is ``["loss"]``.
+    With ``mlm_metrics`` also ``mlm_loss``, ``mlm_accuracy`` and ``mlm_mrr`` (see :func:`evaluation_sums`)."""
+    return normalize_evaluation(evaluation_sums(student, loss_fn, batches, teacher, key_prefix=key_prefix,
+                                                layer=layer, mlm_metrics=mlm_metrics))

@@ -140,6 +140,28 @@ def summarize(manifest: dict) -> dict[str, Any]:
     return out
 
 
+def make_shard_config(
+    paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    tokenizer: Any,
+    cache_root: Path,
+    text_column: str = "text",
+    rows: str = "lines",
+    show_progress: bool = True,
+    **options: Any,
+) -> ShardConfig:
+    """Resolve inputs (globs, `datasets` exports into ``cache_root``), hash them and describe the tokenizer.
+
+    ``options`` are the remaining :class:`ShardConfig` fields (``max_seq_length``, ``heldout_fraction``, ...).
+
+    Raises:
+        DataError: see :func:`load_corpus`.
+    """
+    spec = tokenizer_spec(tokenizer)
+    files = resolve_inputs(paths, cache_root, text_column=text_column, rows=rows, show_progress=show_progress)
+    sources = describe_sources(files, memo=cache_root / "file-hashes.json")
+    return ShardConfig(sources=sources, tokenizer=spec, **options)
+
+
 def load_corpus(
     paths: Sequence[str | os.PathLike] | str | os.PathLike,
     tokenizer: Any,
@@ -172,7 +194,8 @@ def load_corpus(
         num_workers: processes for building (1 = this process).
         num_shards: shards written (None → ``num_workers``).
         sentence_split: split lines into sentences (blingfire) before packing.
-        word_starts: also store whole-word masking metadata.
+        word_starts: also store whole-word masking metadata; items then carry ``word_starts`` for
+            ``MaskingCollator(whole_word_mask=True)``.
         chunk_bytes: bytes of input per unit of scanning work.
         text_column: column of `datasets` inputs holding the text.
 
@@ -187,20 +210,12 @@ def load_corpus(
     if not 0.0 < heldout_fraction < 1.0:
         raise DataError(f"heldout_fraction must be in (0, 1) so that both splits hold text, got {heldout_fraction}")
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    spec = tokenizer_spec(tokenizer)
-    files = resolve_inputs(paths, cache_root, text_column=text_column, show_progress=show_progress)
-    config = ShardConfig(
-        sources=describe_sources(files),
-        tokenizer=spec,
-        max_seq_length=max_seq_length,
-        heldout_fraction=heldout_fraction,
-        seed=seed,
-        num_shards=num_shards or max(1, num_workers),
-        chunk_bytes=chunk_bytes,
-        encoding_errors=encoding_errors,
-        sentence_split=sentence_split,
-        word_starts=word_starts,
+    config = make_shard_config(
+        paths, tokenizer, cache_root, max_seq_length=max_seq_length, heldout_fraction=heldout_fraction, seed=seed,
+        num_shards=num_shards or max(1, num_workers), chunk_bytes=chunk_bytes, encoding_errors=encoding_errors,
+        sentence_split=sentence_split, word_starts=word_starts, text_column=text_column, show_progress=show_progress,
     )
+    spec = config.tokenizer
     folder = cache_root / f"corpus-{config.key()}"
     existed = folder.exists()
     try:
@@ -217,8 +232,9 @@ def load_corpus(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return PackedCorpus(
-        train=PackedSequences(open_split(folder, "train", manifest), max_seq_length, spec.pad_token_id),
-        heldout=PackedSequences(open_split(folder, "heldout", manifest), max_seq_length, spec.pad_token_id),
+        train=PackedSequences(open_split(folder, "train", manifest), max_seq_length, spec.pad_token_id, word_starts),
+        heldout=PackedSequences(open_split(folder, "heldout", manifest), max_seq_length, spec.pad_token_id,
+                                word_starts),
         stats=stats,
         cache_hit=manifest["cache_hit"],
         cache_path=folder,

@@ -18,7 +18,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Hub equivalents of the shared files, used when no local copy exists.
 HUB_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
-HUB_CORPUS = "wikitext:wikitext-2-v1"  # `datasets` name and configuration
+# `datasets` name:configuration:split of the same text as the local WikiText-2 files (tokenized v1, with <unk>)
+HUB_CORPUS = ("Salesforce/wikitext:wikitext-2-v1:validation", "Salesforce/wikitext:wikitext-2-v1:test")
 
 
 def data_root() -> Path | None:
@@ -39,14 +40,14 @@ def default_teacher() -> str:
 
 
 def default_corpus() -> list[str]:
-    """Local WikiText-2 validation and test files if present, else the hub dataset name (one element)."""
+    """Local WikiText-2 validation and test files if present, else the same splits by their hub dataset names."""
     root = data_root()
     if root is not None:
         folder = root / "corpus" / "wikitext-2"
         files = [folder / "valid.txt", folder / "test.txt"]
         if all(f.is_file() for f in files):
             return [str(f) for f in files]
-    return [HUB_CORPUS]
+    return list(HUB_CORPUS)
 
 
 def default_glue_dir() -> str | None:

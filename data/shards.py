@@ -64,11 +64,11 @@ from data.text import (
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "heldout")
-DEFAULT_CHUNK_BYTES = 4 << 20
+DEFAULT_CHUNK_BYTES = 1 << 20
 # Lines tokenized per call of the fast tokenizer.
 TOKENIZE_BATCH_LINES = 1024
 # Tokens buffered per split before they are appended to the shard files.
-WRITE_BUFFER_TOKENS = 1 << 20
+WRITE_BUFFER_TOKENS = 1 << 18
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -109,7 +109,9 @@ def tokenizer_spec(tokenizer: Any) -> TokenizerSpec:
         raise DataError(f"tokenizer {name!r}: a fast (Rust `tokenizers`) tokenizer is needed")
     missing = [t for t in ("cls_token", "sep_token", "pad_token") if getattr(tokenizer, f"{t}_id", None) is None]
     if missing:
-        raise DataError(f"tokenizer {name!r}: lacks the special token(s) {', '.join(missing)} needed to frame sequences")
+        raise DataError(
+            f"tokenizer {name!r}: lacks the special token(s) {', '.join(missing)} needed to frame sequences"
+        )
     from tokenizers import Tokenizer
 
     copy = Tokenizer.from_str(backend.to_str())
@@ -191,12 +193,35 @@ class ShardConfig:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:32]
 
 
-def describe_sources(paths: Sequence[Path]) -> tuple[SourceInfo, ...]:
-    """Hash every input file (SHA-256 of its bytes); refuse unreadable and mostly-binary files first."""
-    out = []
+def describe_sources(paths: Sequence[Path], memo: Path | None = None) -> tuple[SourceInfo, ...]:
+    """Hash every input file (SHA-256 of its bytes); refuse unreadable and mostly-binary files first.
+
+    Args:
+        memo: optional JSON file remembering digests by (absolute path, size, modification time in ns, inode), as
+            git's index and make do, so that reloading a large corpus does not re-read it; None hashes every time.
+    """
+    known: dict[str, str] = {}
+    if memo is not None:
+        try:
+            known = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            known = {}
+    out, changed = [], False
     for p in paths:
         sniff(p)
-        out.append(SourceInfo(path=str(p), sha256=file_sha256(p), size=p.stat().st_size))
+        st = p.stat()
+        stamp = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        digest = known.get(stamp)
+        if digest is None:
+            digest = known[stamp] = file_sha256(p)
+            changed = True
+        out.append(SourceInfo(path=str(p), sha256=digest, size=st.st_size))
+    if memo is not None and changed:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(memo, known)
+        except OSError:
+            pass  # the memo only saves time; hashing again next time is correct
     return tuple(out)
 
 
@@ -260,6 +285,7 @@ class Packer:
     """
 
     def __init__(self, capacity: int, emit: Callable[[int, list[int], list[int] | None], None], word_starts: bool):
+        self.split_units = 0  # lines (or sentences) longer than a sequence, cut into pieces
         self.capacity = capacity
         self.emit = emit
         self.word_starts = word_starts
@@ -280,6 +306,7 @@ class Packer:
             return
         self.flush()
         cap = self.capacity
+        self.split_units += len(ids) > cap
         while len(ids) > cap:
             self.emit(document, ids[:cap], starts[:cap] if self.word_starts else None)
             ids = ids[cap:]
@@ -423,9 +450,9 @@ def build_shard(task: ShardTask) -> dict:
         writers["heldout" if held else "train"].add(document, ids, starts)
 
     packer = Packer(cfg.max_seq_length - 2, emit, cfg.word_starts)
-    lines = 0
+    units = 0  # lines, or sentences with sentence_split
 
-    def run_batch(docs: list[int], texts: list[str]) -> None:
+    def run_batch(docs: list[int], texts: list[str]) -> int:
         if split_sentences is not None:
             pairs = [(d, s) for d, t in zip(docs, texts) for s in split_sentences(t)]
             docs, texts = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -441,21 +468,21 @@ def build_shard(task: ShardTask) -> dict:
                 packer.add(d, enc.ids)
         after = sum(w.content_tokens for w in writers.values()) + len(packer.ids)
         _report(0, after - before)
+        return len(texts)
 
     try:
         for ct in task.chunks:
             docs: list[int] = []
             texts: list[str] = []
-            for document, _, text in iter_documents_lines(ct.chunk, ct.first_line, ct.first_document, cfg.encoding_errors):
+            lines = iter_documents_lines(ct.chunk, ct.first_line, ct.first_document, cfg.encoding_errors)
+            for document, _, text in lines:
                 docs.append(document)
                 texts.append(text)
                 if len(texts) >= TOKENIZE_BATCH_LINES:
-                    run_batch(docs, texts)
-                    lines += len(texts)
+                    units += run_batch(docs, texts)
                     docs, texts = [], []
             if texts:
-                run_batch(docs, texts)
-                lines += len(texts)
+                units += run_batch(docs, texts)
             _report(ct.chunk.end - ct.chunk.start, 0)
         packer.flush()
         counts = {s: w.commit() for s, w in writers.items()}
@@ -463,7 +490,8 @@ def build_shard(task: ShardTask) -> dict:
         for w in writers.values():
             w.abort()
         raise
-    result = {"shard": task.shard, "key": cfg.key(), "text_lines": lines, "splits": counts}
+    result = {"shard": task.shard, "key": cfg.key(), "units": units, "split_units": packer.split_units,
+              "splits": counts}
     write_json_atomic(shard_done_file(folder, task.shard), result)
     return result
 
@@ -510,36 +538,50 @@ class _Progress:
             self.bar.close()
 
 
-def _run_tasks(fn, tasks: list, num_workers: int, progress: _Progress | None) -> list:
-    """Run ``fn`` over ``tasks`` in order of results equal to the order of tasks, in-process or in a pool."""
-    global _PROGRESS
-    if num_workers <= 1 or len(tasks) <= 1:
-        _PROGRESS = _LocalProgress(progress)
-        try:
-            return [fn(t) for t in tasks]
-        finally:
-            _PROGRESS = None
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue() if progress is not None else None
-    with ctx.Pool(min(num_workers, len(tasks)), initializer=_init_worker, initargs=(q,)) as pool:
-        res = pool.map_async(fn, tasks, chunksize=1)
-        while True:
-            if q is not None:
-                try:
-                    progress.update(*q.get(timeout=0.1))
-                    continue
-                except queue_module.Empty:
-                    pass
-            if res.ready():
-                break
-            res.wait(0.1)
-        if q is not None:
-            while True:
-                try:
-                    progress.update(*q.get_nowait())
-                except queue_module.Empty:
-                    break
+class _Runner:
+    """Runs tasks in this process or in one pool of ``num_workers`` spawned processes, shared by all phases.
+
+    ``map`` returns results in the order of the tasks and feeds the workers' progress reports to a bar.
+    """
+
+    def __init__(self, num_workers: int):
+        self.num_workers = num_workers
+        self.pool = None
+        self.queue = None
+
+    def map(self, fn, tasks: list, progress: _Progress | None) -> list:
+        global _PROGRESS
+        if self.num_workers <= 1 or len(tasks) <= 1:
+            _PROGRESS = _LocalProgress(progress)
+            try:
+                return [fn(t) for t in tasks]
+            finally:
+                _PROGRESS = None
+        if self.pool is None:
+            ctx = mp.get_context("spawn")
+            self.queue = ctx.Queue()
+            self.pool = ctx.Pool(self.num_workers, initializer=_init_worker, initargs=(self.queue,))
+        res = self.pool.map_async(fn, tasks, chunksize=1)
+        while not res.ready():
+            self._drain(progress, timeout=0.1)
+        self._drain(progress, timeout=None)
         return res.get()
+
+    def _drain(self, progress: _Progress | None, timeout: float | None) -> None:
+        while True:
+            try:
+                item = self.queue.get(timeout=timeout) if timeout else self.queue.get_nowait()
+            except queue_module.Empty:
+                return
+            if progress is not None:
+                progress.update(*item)
+            timeout = None  # after the first report, take what is there without waiting
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
 
 
 class _LocalProgress:
@@ -549,6 +591,23 @@ class _LocalProgress:
     def put(self, item: tuple[int, int]) -> None:
         if self.progress is not None:
             self.progress.update(*item)
+
+
+def remove_shards(folder: str | os.PathLike) -> int:
+    """Delete the files this module writes in ``folder`` (manifest, shard files, temporaries); nothing else.
+
+    Returns:
+        The number of files removed.
+    """
+    folder = Path(folder)
+    patterns = ["manifest.json", "shard-*.json", ".*.tmp-*"]
+    patterns += [f"{split}-*.{kind}" for split in SPLITS for kind in ("ids", "ends", "docs", "wordstarts")]
+    removed = 0
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -583,7 +642,14 @@ def create_shards(
         DataError: the folder holds shards of another configuration; invalid UTF-8 (strict) naming file and line;
             a mostly-binary or empty input file; an empty corpus; a held-out fraction that leaves a split empty.
     """
-    folder = Path(folder)
+    runner = _Runner(num_workers)
+    try:
+        return _create_shards(config, Path(folder), runner, show_progress)
+    finally:
+        runner.close()
+
+
+def _create_shards(config: ShardConfig, folder: Path, runner: _Runner, show_progress: bool) -> dict:
     key = config.key()
     manifest = _read_manifest(folder)
     if manifest is not None:
@@ -596,7 +662,6 @@ def create_shards(
             return {**manifest, "cache_hit": True}
     elif folder.is_dir() and any(folder.glob("shard-*.json")):
         raise DataError(f"{folder}: holds shard files without a manifest; choose another output folder or remove it")
-    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     base = {
         "format_version": FORMAT_VERSION,
@@ -611,14 +676,13 @@ def create_shards(
             "dtype": config.tokenizer.dtype.name,
         },
     }
-    write_json_atomic(folder / "manifest.json", base)
 
     paths = [Path(s.path) for s in config.sources]
     chunks = plan_chunks(paths, config.chunk_bytes)
     total_bytes = sum(s.size for s in config.sources)
     bar = _Progress(total_bytes, "scan", show_progress)
     try:
-        scans = _run_tasks(_scan, [(c, config.encoding_errors) for c in chunks], num_workers, bar)
+        scans = runner.map(_scan, [(c, config.encoding_errors) for c in chunks], bar)
     finally:
         bar.close()
     tasks, per_source = _number_chunks(chunks, scans, config)
@@ -631,6 +695,11 @@ def create_shards(
     if num_heldout >= num_documents:
         raise DataError(f"heldout_fraction={config.heldout_fraction} leaves no training document of {num_documents}")
 
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp-*"):  # left by a killed run (one writer per folder at a time)
+        stale.unlink(missing_ok=True)
+    write_json_atomic(folder / "manifest.json", base)
+
     todo, done = [], {}
     for shard in range(config.num_shards):
         info = _shard_is_done(folder, shard, key, config.word_starts)
@@ -642,7 +711,7 @@ def create_shards(
     todo_bytes = sum(ct.chunk.end - ct.chunk.start for t in todo for ct in t.chunks)
     bar = _Progress(todo_bytes, "tokenize", show_progress and bool(todo))
     try:
-        for info in _run_tasks(build_shard, todo, num_workers, bar):
+        for info in runner.map(build_shard, todo, bar):
             done[info["shard"]] = info
     finally:
         bar.close()
@@ -660,7 +729,8 @@ def create_shards(
         "documents_train": num_documents - num_heldout,
         "lines": sum(s["lines"] for s in per_source),
         "text_lines": sum(s["text_lines"] for s in per_source),
-        "units": sum(sh["text_lines"] for sh in shards),
+        "units": sum(sh["units"] for sh in shards),
+        "split_units": sum(sh["split_units"] for sh in shards),
         "tokens": content,
         "tokens_with_special": tokens,
         "sequences": sequences,
@@ -701,11 +771,15 @@ def _number_chunks(chunks: list[Chunk], scans: list, config: ShardConfig) -> tup
         src["nontext_bytes"] += scan.nontext_bytes
     for info, src in zip(config.sources, per_source):
         if info.size and src["nontext_bytes"] > BINARY_FRACTION * info.size:
-            raise DataError(f"{info.path}: looks like a binary file ({src['nontext_bytes']:,} of {info.size:,} bytes are not text)")
+            raise DataError(
+                f"{info.path}: looks like a binary file ({src['nontext_bytes']:,} of {info.size:,} bytes are not text)"
+            )
         if src["text_lines"] == 0:
             raise DataError(f"{info.path}: no text (the file is empty or holds only blank and heading lines)")
         if src["replaced_bytes"]:
-            warnings.warn(f"{info.path}: replaced {src['replaced_bytes']:,} invalid UTF-8 byte(s) by U+FFFD", stacklevel=3)
+            warnings.warn(
+                f"{info.path}: replaced {src['replaced_bytes']:,} invalid UTF-8 byte(s) by U+FFFD", stacklevel=3
+            )
     return tasks, per_source
 
 

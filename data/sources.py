@@ -91,7 +91,8 @@ def export_dataset(name: str, cache_dir: Path, text_column: str = "text", rows: 
             repo, config, split = (name.split(":") + [None, None])[:3]
             dataset = datasets.load_dataset(repo, config, split=split or "train")
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
-        raise DataError(f"{name}: cannot load as a `datasets` dataset ({type(e).__name__}: {e})".replace("\n", " ")) from None
+        reason = f"{type(e).__name__}: {e}".replace("\n", " ")
+        raise DataError(f"{name}: cannot load as a `datasets` dataset ({reason})") from None
     digest = hashlib.sha256(f"{dataset._fingerprint}|{text_column}|{rows}".encode()).hexdigest()[:32]
     return _export(dataset, cache_dir / "datasets" / f"{digest}.txt", text_column, rows, name, show_progress)
 

@@ -9,7 +9,7 @@ paragraph and heading, so only top-level headings start documents (a document is
 
 Files are read as bytes and cut into *chunks*: byte ranges that start on a document boundary (a blank line or a
 top-level heading), so that chunks can be processed independently, in any process, and always give the same
-documents. Nothing here holds more than one chunk's line at a time.
+documents. Nothing here holds more than one line at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _CONTROL = bytes(b for b in range(32) if b not in (9, 10, 12, 13))
 
 
 def heading_level(line: str) -> int:
-    """The WikiText heading level of a stripped line: 1 for `` = Title = ``, 2 for `` = = Section = = ``, ...; 0 if none."""
+    """WikiText heading level of a stripped line: 1 for `` = Title = ``, 2 for `` = = Section = = ``; 0 if none."""
     m = _HEADING.fullmatch(line)
     if m is None or len(m.group(1)) != len(m.group(3)) or m.group(2).endswith(" ="):
         return 0
@@ -57,7 +57,8 @@ def decode_line(raw: bytes, errors: str) -> tuple[str, int]:
     """Decode one line of UTF-8 and strip surrounding whitespace.
 
     Returns:
-        (text, replaced): ``replaced`` counts the invalid bytes, each replaced by U+FFFD (``errors="replace"``).
+        (text, replaced): ``replaced`` counts the invalid bytes (``errors="replace"``; each run of them becomes
+        one U+FFFD).
 
     Raises:
         UnicodeDecodeError: on invalid bytes with ``errors="strict"``.
@@ -79,10 +80,15 @@ def decode_line(raw: bytes, errors: str) -> tuple[str, int]:
     return "".join(pieces).strip(), replaced
 
 
+def count_control_bytes(block: bytes) -> int:
+    """Bytes that are control characters other than tab, newline, form feed and carriage return."""
+    return len(block) - len(block.translate(None, _CONTROL))
+
+
 def _looks_binary(block: bytes) -> bool:
     if not block:
         return False
-    bad = sum(block.count(bytes([b])) for b in _CONTROL)
+    bad = count_control_bytes(block)
     bad += len(block) - len(block.decode("utf-8", errors="ignore").encode("utf-8"))
     return bad > BINARY_FRACTION * len(block)
 
@@ -100,7 +106,9 @@ def sniff(path: Path) -> None:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     # A multi-byte character cut at the end of the block is not an error.
     if _looks_binary(block[: len(block) - 4] if len(block) == SNIFF_BYTES else block):
-        raise DataError(f"{path}: looks like a binary file (over {BINARY_FRACTION:.0%} of its first bytes are not text)")
+        raise DataError(
+            f"{path}: looks like a binary file (over {BINARY_FRACTION:.0%} of its first bytes are not text)"
+        )
 
 
 def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -209,7 +217,8 @@ def plan_chunks(paths: Sequence[Path], chunk_bytes: int) -> list[Chunk]:
                     cuts.append(pos)
                 target = max(pos, target) + chunk_bytes
         cuts.append(size)
-        chunks.extend(Chunk(source, str(path), a, b, wikitext) for a, b in zip(cuts[:-1], cuts[1:]) if b > a or size == 0)
+        spans = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a or size == 0]
+        chunks.extend(Chunk(source, str(path), a, b, wikitext) for a, b in spans)
     return chunks
 
 
@@ -288,12 +297,14 @@ def scan_chunk(chunk: Chunk, errors: str) -> ChunkScan:
                 break
             remaining -= len(block)
             scan.total_bytes += len(block)
-            scan.nontext_bytes += sum(block.count(bytes([b])) for b in _CONTROL)
+            scan.nontext_bytes += count_control_bytes(block)
     scan.nontext_bytes += scan.replaced_bytes
     return scan
 
 
-def iter_documents_lines(chunk: Chunk, first_line: int, first_document: int, errors: str) -> Iterator[tuple[int, int, str]]:
+def iter_documents_lines(
+    chunk: Chunk, first_line: int, first_document: int, errors: str
+) -> Iterator[tuple[int, int, str]]:
     """Yield ``(document_index, line_number, text)`` for the text lines of a chunk, documents numbered globally."""
     doc = first_document - 1
     in_doc = False

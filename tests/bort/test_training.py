@@ -74,3 +74,40 @@ def test_non_finite_loss_names_the_step(setup):
 def test_optim_config_validation():
     with pytest.raises(ValueError, match="warmup"):
         OptimConfig(warmup=1.5)
+
+
+def test_accumulation_gives_the_gradient_of_the_mean_of_micro_batch_losses(setup):
+    from bort.training import DistillationObjective, accumulate_gradients
+
+    teacher, batches = setup
+    loss_fn = loss_for(16)
+    cache = TeacherOutputs(teacher, loss_fn)
+    grads = []
+    for split in ([batches[0], batches[1]], None):
+        student = build_or_extract(Architecture(1, 2, 16, 24), teacher, init="random", seed=1)
+        objective = DistillationObjective(student, loss_fn)
+        loss_fn.zero_grad(set_to_none=True)
+        if split is not None:
+            accumulate_gradients(objective, split, lambda i, b: cache(("train", i), b))
+        else:  # by hand: mean of the two losses, one backward
+            loss = sum(objective(b, cache(("train", i), b))["loss"] for i, b in enumerate(batches[:2])) / 2
+            loss.backward()
+        grads.append({n: p.grad.clone() for n, p in objective.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10  # all but the pooler, which the loss never reads
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
+
+
+def test_loss_scaler_skips_a_step_with_infinite_gradients():
+    from bort.training import apply_gradients
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(weight.sum() * float("inf")).backward()
+    assert apply_gradients(optimizer, scheduler, max_grad_norm=1.0, scaler=scaler) is False
+    assert torch.equal(weight.detach(), torch.ones(3)) and scaler.get_scale() < 1024.0
+    scaler.scale(weight.sum()).backward()
+    assert apply_gradients(optimizer, scheduler, max_grad_norm=1.0, scaler=scaler) is True
+    assert (weight.detach() < 1).all()

@@ -80,3 +80,30 @@ def test_bad_arguments(bert_tokenizer, bpe_tokenizer):
     bare = PreTrainedTokenizerFast(tokenizer_object=bpe_tokenizer.backend_tokenizer, pad_token="<pad>")
     with pytest.raises(DataError, match="lacks a mask_token"):
         MaskingCollator(bare)
+
+
+def test_whole_word_masking_selects_whole_words(bert_sample_text, bert_tokenizer, tmp_path):
+    from data.corpus import load_corpus
+
+    corpus = load_corpus([bert_sample_text], bert_tokenizer, max_seq_length=64, heldout_fraction=0.3,
+                         word_starts=True, cache_dir=tmp_path, show_progress=False)
+    items = [corpus.train[i] for i in range(len(corpus.train))] * 10
+    batch = MaskingCollator(bert_tokenizer, seed=0, whole_word_mask=True)(items)
+    chosen = batch["labels"] != -100
+    starts = torch.stack([it["word_starts"] for it in items])
+    ids = torch.stack([it["input_ids"] for it in items])
+    tokens_in_words = continuation_checked = 0
+    for row in range(len(items)):
+        for t in range(1, ids.shape[1]):
+            if starts[row, t] == 0 and ids[row, t] != bert_tokenizer.pad_token_id:
+                assert chosen[row, t] == chosen[row, t - 1], "a word was masked in part"
+                continuation_checked += 1
+    assert continuation_checked > 100
+    special = torch.isin(ids, torch.tensor(bert_tokenizer.all_special_ids))
+    assert not chosen[special].any()
+    word_starts = int(((starts == 1) & ~special).sum())
+    chosen_words = int((chosen & (starts == 1)).sum())
+    assert within_binomial(chosen_words, word_starts, 0.15)
+    tokens_in_words = int(chosen.sum())
+    as_mask = int((batch["input_ids"][chosen] == bert_tokenizer.mask_token_id).sum())
+    assert within_binomial(as_mask, tokens_in_words, 0.8)

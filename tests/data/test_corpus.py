@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import shutil
 import time
@@ -36,14 +38,17 @@ def content_by_document(corpus, cls_id, sep_id, max_len):
 @pytest.mark.parametrize("max_len", [128, 16])
 def test_packing_loses_no_token_and_respects_documents(wikitext_files, bert_sample_text, bert_tokenizer, tmp_path,
                                                        max_len):
-    files = [*wikitext_files, bert_sample_text]
+    files = [*wikitext_files, bert_sample_text] if max_len == 128 else [wikitext_files[1], bert_sample_text]
     corpus = load_corpus(files, bert_tokenizer, max_seq_length=max_len, cache_dir=tmp_path, show_progress=False)
     expected = [doc for f in files for doc in reference_documents(f)]
     got = content_by_document(corpus, bert_tokenizer.cls_token_id, bert_tokenizer.sep_token_id, max_len)
     assert sorted(got) == list(range(len(expected)))
+    long_lines = 0
     for number, lines in enumerate(expected):
         ids = bert_tokenizer(lines, add_special_tokens=False, truncation=False, padding=False)["input_ids"]
         assert got[number] == [t for line in ids for t in line], f"document {number}"
+        long_lines += sum(len(x) > max_len - 2 for x in ids)
+    assert corpus.manifest["stats"]["split_units"] == long_lines
     assert corpus.stats["documents"] == len(expected)
     assert corpus.stats["tokens"] == sum(len(v) for v in got.values())
     assert corpus.stats["sequences"] == len(corpus.train) + len(corpus.heldout)
@@ -138,6 +143,8 @@ def test_cache_hit_and_invalidation(wikitext_files, bert_sample_text, bert_token
     assert not changed.cache_hit and changed.cache_path != first.cache_path
     assert changed.stats["documents"] == first.stats["documents"] + 1
     assert not load_corpus([moved], bpe_tokenizer, **kw).cache_hit
+    memo = json.loads((cache / "file-hashes.json").read_text())
+    assert hashlib.sha256(moved.read_bytes()).hexdigest() in memo.values()
     assert not load_corpus([moved], bert_tokenizer, max_seq_length=64, **kw).cache_hit
     assert load_corpus([moved], bert_tokenizer, max_seq_length=64, **kw).cache_hit
 
@@ -234,7 +241,8 @@ def test_tokenizer_without_special_tokens(bert_sample_text, bpe_tokenizer, tmp_p
     assert_clean(tmp_path / "c")
 
 
-@pytest.mark.parametrize("fraction, message", [(0.0, "must be in"), (1.0, "must be in"), (0.01, "holds out no document"),
+@pytest.mark.parametrize("fraction, message", [(0.0, "must be in"), (1.0, "must be in"),
+                                               (0.01, "holds out no document"),
                                                (0.9, "holds no tokens|leaves no training")])
 def test_heldout_fraction_leaving_an_empty_split(bert_sample_text, bert_tokenizer, tmp_path, fraction, message):
     with pytest.raises(DataError, match=message):

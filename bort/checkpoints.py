@@ -1,0 +1,88 @@
+"""Training checkpoints: atomic folders ``step-NNNNNNNN/`` under one root, the newest k kept.
+
+A checkpoint is written under a temporary name in the same root and renamed with ``os.replace`` once complete, so a
+run killed while saving leaves the previous checkpoints intact and no partial folder under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "training_state.pt"
+CONFIG_FILE = "pretraining_config.json"
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or belongs to another run."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders under ``root``, oldest first (an empty list when ``root`` does not exist)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def save_checkpoint(root: str | os.PathLike, step: int, state: dict, config: dict, *, keep: int) -> Path:
+    """Write ``state`` (torch-serialisable) and ``config`` (JSON) as checkpoint ``step``; delete all but the newest
+    ``keep``. Returns the checkpoint folder."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / STATE_FILE)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    if final.exists():  # the same step saved again after a resume: swap, then drop the old copy
+        old = root / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    for stale in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(stale)
+    return final
+
+
+def resolve_checkpoint(resume: str, root: str | os.PathLike) -> Path:
+    """``"last"`` → the newest checkpoint under ``root``; otherwise the named folder.
+
+    Raises:
+        CheckpointError: no checkpoint under ``root``, or the folder holds no ``training_state.pt``.
+    """
+    if resume == "last":
+        found = list_checkpoints(root)
+        if not found:
+            raise CheckpointError(f"--resume last: no checkpoint in {root}")
+        return found[-1]
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"--resume {resume}: not a checkpoint folder (no {STATE_FILE})")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """The state saved by :func:`save_checkpoint` (tensors on CPU).
+
+    Raises:
+        CheckpointError: the file cannot be read.
+    """
+    try:
+        return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"--resume {path}: cannot read {STATE_FILE} ({str(exc).splitlines()[0]})") from exc
