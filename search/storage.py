@@ -67,10 +67,13 @@ def open_storage(url: str, *, heartbeat_interval: int, grace_period: int, max_re
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(engine_url(url),
-                                  engine_kwargs={"connect_args": connect_args} if connect_args else None,
-                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+                storage = RDBStorage(
+                    engine_url(url), engine_kwargs={"connect_args": connect_args} if connect_args else None,
+                    heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+            if url.startswith("sqlite"):
+                _serialise_sqlite_transactions(storage.engine)
+            return storage
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError,
                 ValueError) as exc:
             cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
@@ -81,6 +84,26 @@ def open_storage(url: str, *, heartbeat_interval: int, grace_period: int, max_re
             raise StorageError(f"cannot open --storage {redact(url)}: "
                                f"{detail[0] if detail else type(cause).__name__}") from None
     raise AssertionError("unreachable")
+
+
+def _serialise_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Make each SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``).
+
+    Python's sqlite3 driver starts a transaction only at the first write, so Optuna's read-check-write of a trial's
+    state (``WAITING`` → ``RUNNING``) would not be atomic between processes, and two workers could claim one trial.
+    This is the recipe of SQLAlchemy's SQLite dialect documentation ("Serializable isolation / Savepoints /
+    Transactional DDL"): let SQLAlchemy emit the BEGIN itself. Readers then queue behind writers, which SQLite's
+    busy timeout absorbs.
+    """
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while creating the tables predate the hooks
 
 
 def _lost_creation_race(detail: list[str]) -> bool:

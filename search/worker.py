@@ -109,8 +109,11 @@ def run_planned(ctx: Evaluation, study: optuna.Study, storage, keys: list[tuple[
         same = [t for t in _keyed(study.get_trials(deepcopy=False)) if trial_key(t) == trial_key(trial)]
         original = duplicate_of(trial, same)
         if original is not None:
-            optuna.Trial(study, trial._trial_id).set_user_attr("duplicate_of", original.number)
-            study.tell(trial.number, state=TrialState.PRUNED)
+            try:
+                optuna.Trial(study, trial._trial_id).set_user_attr("duplicate_of", original.number)
+                study.tell(trial.number, state=TrialState.PRUNED)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # failed meanwhile as stale by another worker: the trial is closed either way
             continue
         evaluate_trial(ctx, study, storage, trial, steps)
     steps.close()

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -188,6 +189,33 @@ def test_two_drivers_enqueueing_at_once_still_train_each_key_once(tmp_path):
             study.tell(trial.number, state=TrialState.PRUNED)
     assert sorted(trained) == sorted((a.name, 0) for a in archs)
     assert len(duplicates) == 3 and all(number > kept for number, kept in duplicates)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_claims_never_take_one_trial_twice(backend, tmp_path, request):
+    url = request.getfixturevalue("postgres_server")("claims") if backend == "postgresql" else \
+        f"sqlite:///{tmp_path / 'claims.db'}"
+    first = open_storage(url, heartbeat_interval=1, grace_period=60, max_retry=0)
+    study = optuna.create_study(study_name="fptas", storage=first, directions=["minimize"] * 3)
+    archs = [Architecture(d, 3, 96, i) for d in range(1, 7) for i in (32, 64, 128, 256)]
+    for arch in archs:
+        create_waiting(study, {**arch.to_dict(), "theta": 0}, distributions(archs, 1))
+    claimed: list[list[int]] = [[] for _ in range(4)]
+
+    def worker(k):  # each thread has its own storage and connections, as a separate process would
+        storage = open_storage(url, heartbeat_interval=1, grace_period=60, max_retry=0)
+        mine = optuna.load_study(study_name="fptas", storage=storage)
+        while (trial := claim(storage, mine.get_trials(deepcopy=False))) is not None:
+            claimed[k].append(trial.number)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=WAIT_S)
+    everything = [number for numbers in claimed for number in numbers]
+    assert sorted(everything) == list(range(len(archs)))  # each trial claimed by exactly one worker
+    assert sum(bool(numbers) for numbers in claimed) >= 2
 
 
 def test_a_trial_without_heartbeat_is_failed_and_requeued(tmp_path):
