@@ -8,7 +8,8 @@ candidates × |Θ|), so the comparison is at equal training cost; the exhaustive
 and front of the space.
 
 Then it runs the FPTAS with 1 worker of T threads and with 2 workers of T/2 threads each on one fresh study (the
-same cores in total) and prints the wall-time ratio.
+same cores in total; each timing measures its latencies afresh, the token cache is shared) and prints the wall-time
+ratio.
 
     python bench/bench_search_strategies.py --threads 2
     python bench/bench_search_strategies.py --threads 2 --space my_space.yaml --steps 20 --num-candidates 6
@@ -130,9 +131,11 @@ def main() -> None:
         for workers in (1, 2):
             out = work / f"speedup-{workers}"
             out.mkdir(parents=True, exist_ok=True)
+            # a latency profile of its own: each timing includes measuring the candidates' latency from scratch
             run = dataclasses.replace(config, strategy="fptas", output_dir=str(out),
                                       threads=max(1, threads // workers),
-                                      storage=f"sqlite:///{out.resolve()}/study.db")
+                                      storage=f"sqlite:///{out.resolve()}/study.db",
+                                      latency_profile=f"bench-speedup-{workers}w-{time.time_ns()}")
             timing[workers] = _run(run, workers, out / "log")
             print(f"FPTAS with {workers} worker(s) × {max(1, threads // workers)} thread(s): "
                   f"{timing[workers]:.1f} s", flush=True)
