@@ -64,21 +64,58 @@ class SearchConfig:
     maximum_point: str = field(default="teacher", metadata={
         "help": "T in W: 'teacher' or 'space' (the largest architecture of the space).", "choices": ["teacher", "space"]})
     latency: str = field(default="all", metadata={
-        "help": "Which architectures get a measured latency: 'all' or only the trained 'candidates' (and T).",
-        "choices": ["all", "candidates"]})
+        "help": "Which architectures get a latency: 'all' measured, only the trained 'candidates' (and T) measured, "
+                "or 'predicted': --latency-samples measured and a ridge regression on FLOPs-like features for the "
+                "rest (its cross-validated error goes to latency_model.json), for spaces too large to measure.",
+        "choices": ["all", "candidates", "predicted"]})
+    latency_samples: int = field(default=24, metadata={
+        "help": "--latency predicted: architectures measured to fit the predictor (spread over the FLOPs range)."})
+    latency_device: str = field(default="cpu", metadata={
+        "help": "Device of the latency profile: 'cpu' or 'cuda[:k]' (the device that will run the model)."})
+    latency_dtype: str = field(default="float32", metadata={
+        "help": "dtype of the latency profile.", "choices": ["float32", "float16", "bfloat16"]})
+    latency_profile: str | None = field(default=None, metadata={
+        "help": "Name of the latency profile (device, threads, dtype, batch, sequence length); measurements are "
+                "cached per profile in --cache-dir/latency and reused by every later search on the same device. "
+                "Default: derived from the settings, e.g. cpu-float32-t2-b1-s128."})
     latency_batch_size: int = field(default=1, metadata={"help": "Batch size of latency measurements."})
     latency_repeats: int = field(default=10, metadata={"help": "Timed forward passes per latency measurement."})
     latency_warmup: int = field(default=2, metadata={"help": "Untimed forward passes before timing."})
     threads: int | None = field(default=None, metadata={
-        "help": "torch intra-op threads for training and latency. Default: torch's choice (the core count)."})
+        "help": "torch intra-op threads of this worker for training and latency. With N workers on one machine of "
+                "C cores, give each C/N so that they do not oversubscribe the cores. Default: torch's choice "
+                "(the core count)."})
     teacher_cache_gib: float = field(default=4.0, metadata={
         "help": "Memory budget in GiB for the teacher's cached outputs (reused by every candidate)."})
     output_dir: str = field(default="outputs/fptas", metadata={
         "help": "Results folder. Re-running with the same folder resumes: finished candidates are not retrained."})
     cache_dir: str | None = field(default=None, metadata={
-        "help": "Token cache folder. Default: $BORT_CACHE_DIR or ~/.cache/bort."})
+        "help": "Cache folder of token shards and of latency measurements per profile. Default: $BORT_CACHE_DIR or "
+                "~/.cache/bort."})
     storage: str | None = field(default=None, metadata={
-        "help": "Optuna storage URL for the study. Default: a SQLite file study.db in --output-dir."})
+        "help": "Optuna storage URL of the study (an SQLAlchemy URL). Default: a SQLite file study.db in "
+                "--output-dir. A PostgreSQL URL (postgresql://user:password@host:port/db) lets any number of workers "
+                "on any machines share one search: start each with the same command."})
+    strategy: str = field(default="fptas", metadata={
+        "help": "'fptas' (one candidate per interval of ε, the Bort search), 'exhaustive' (every architecture of "
+                "Ξ), or an Optuna multi-objective sampler over (p, i, e): 'nsga2' (NSGAIISampler) or 'tpe' "
+                "(TPESampler), which train --n-trials architectures × θ.",
+        "choices": ["fptas", "exhaustive", "nsga2", "tpe"]})
+    n_trials: int | None = field(default=None, metadata={
+        "help": "Budget of --strategy nsga2/tpe: trained (architecture, θ) evaluations. Default: the FPTAS's "
+                "number of candidates × |Θ| (the same budget)."})
+    heartbeat_interval: int = field(default=10, metadata={
+        "help": "Seconds between a worker's heartbeats for the trial it trains."})
+    grace_period: int = field(default=60, metadata={
+        "help": "Seconds without a heartbeat after which a trial's worker counts as dead and the trial is re-queued "
+                "for another worker. Must exceed --heartbeat-interval."})
+    max_retry: int = field(default=3, metadata={
+        "help": "How often a trial whose worker died is re-queued before it is left failed."})
+    poll_interval: float = field(default=2.0, metadata={
+        "help": "Seconds an idle worker waits between looks at the study while other workers finish."})
+    report_only: bool = field(default=False, metadata={
+        "help": "Train nothing: write the results (tables, plots, report.md, winner/) from the study's finished "
+                "trials, e.g. on another machine than the workers."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, masking and student initialisation."})
     tiny: bool = field(default=False, metadata={
         "help": "Smoke-test scale: " + ", ".join(f"{k}={v}" for k, v in TINY.items()) + " (options left at their "
@@ -104,12 +141,21 @@ class SearchConfig:
             raise ValueError(f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.n_trials is not None and self.n_trials <= 0:
+            raise ValueError(f"--n-trials must be positive, got {self.n_trials}")
+        if self.heartbeat_interval <= 0 or self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"--grace-period ({self.grace_period} s) must exceed --heartbeat-interval "
+                             f"({self.heartbeat_interval} s), which must be positive")
+        if self.max_retry < 0 or not self.poll_interval > 0:
+            raise ValueError("--max-retry must be >= 0 and --poll-interval positive")
         if self.threads is not None and self.threads <= 0:
             raise ValueError(f"--threads must be positive, got {self.threads}")
         if not (self.teacher_cache_gib >= 0 and math.isfinite(self.teacher_cache_gib)):
             raise ValueError(f"--teacher-cache-gib must be a non-negative number, got {self.teacher_cache_gib}")
-        if self.cost == "latency" and self.latency != "all":
-            raise ValueError("--cost latency needs the latency of every architecture: use --latency all")
+        if self.cost == "latency" and self.latency == "candidates":
+            raise ValueError("--cost latency needs the latency of every architecture: use --latency all or predicted")
+        if self.latency_samples < 6:
+            raise ValueError(f"--latency-samples must be at least 6, got {self.latency_samples}")
         self.loss_weights()  # validates --loss
 
     def loss_weights(self) -> dict[str, float] | None:

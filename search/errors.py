@@ -7,5 +7,6 @@ from bort.modeling import TeacherError
 from data.errors import DataError
 from search.runner import SearchError
 from search.space import SpaceError
+from search.storage import StorageError
 
-INPUT_ERRORS = (ArchitectureError, TeacherError, DataError, SearchError, SpaceError)
+INPUT_ERRORS = (ArchitectureError, TeacherError, DataError, SearchError, SpaceError, StorageError)

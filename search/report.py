@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
+import math
 import os
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +33,47 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_winner(folder: Path, model, tokenizer, info: dict) -> None:
+    """Write a Hugging Face folder (config, weights, tokenizer, search_result.json) atomically in place of ``folder``.
+
+    Call under :func:`winner_lock` when several workers share the folder."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "search_result.json").write_text(json.dumps(info, indent=2))
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def winner_lock(folder: Path):
+    """An exclusive lock (``fcntl.flock`` on a file beside ``folder``) shared by the workers of one machine."""
+    with open(folder.with_name(f".{folder.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def offer_winner(folder: Path, model, tokenizer, info: dict, rank: tuple) -> bool:
+    """Save ``model`` as the winner if ``rank`` (W, −p) beats the one saved in ``folder``; True if it was saved."""
+    with winner_lock(folder):
+        info_file = folder / "search_result.json"
+        if info_file.is_file():
+            saved = json.loads(info_file.read_text())
+            if tuple(saved.get("rank", (-math.inf,))) >= rank:
+                return False
+        save_winner(folder, model, tokenizer, {**info, "rank": list(rank)})
+        return True
 
 
 def write_results(output_dir: Path, study: optuna.Study, rows: list[dict], resolved: dict, *, p_max: float,

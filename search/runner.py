@@ -12,41 +12,41 @@ skips finished work, and the study's Pareto front is the front of the evaluated 
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import logging
 import math
 import os
-import shutil
-import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import torch
 import transformers
-from optuna.distributions import CategoricalDistribution, IntDistribution
-from tqdm.auto import tqdm
+from optuna.trial import TrialState
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from bort.architecture import Architecture
 from bort.counting import count_parameters, flops_per_sequence
 from bort.distill import DistillationLoss, default_weights
-from bort.latency import LatencyProfile, measure_latency
-from bort.modeling import build_or_extract, build_student, has_mlm_head, load_teacher, load_teacher_config, set_dropout
+from bort.latency import LatencyProfile
+from bort.modeling import build_or_extract, has_mlm_head, load_teacher, load_teacher_config, set_dropout
 from bort.training import OptimConfig, TeacherOutputs, distill, evaluate
 from data.collator import MaskingCollator
 from data.corpus import load_corpus
 from data.resources import default_corpus, default_teacher
 from search.config import SearchConfig
-from search.fptas import interval_candidates, w_coefficient
-from search.report import atomic_write_json, write_results
+from search.fptas import interval_candidates
+from search.latency import LatencyCache, fit_predictor, measure_architectures, predict, sample_for_fit
+from search.report import atomic_write_json, save_winner, winner_lock, write_results
+from search.report_page import write_report_page
+from search.storage import engine_url, open_storage, redact
+from search.worker import Evaluation, run_planned, run_sampled, trial_key
 from search.space import DIMENSIONS, default_space, load_space
 
 logger = logging.getLogger(__name__)
 STUDY_NAME = "fptas"
-LATENCY_VOCAB_SIZE = 1024
 
 
 class SearchError(ValueError):
@@ -100,24 +100,34 @@ def setup_search(config: SearchConfig) -> SearchSetup:
 
 
 def run_search(config: SearchConfig) -> dict:
-    """Run the whole search; returns the summary written to ``summary.json``.
+    """Run the whole search (or this worker's share of it); returns the summary written to ``summary.json``.
 
     Raises:
-        SearchError, SpaceError, TeacherError, ArchitectureError, DataError: on bad input, before anything is written.
+        SearchError, SpaceError, TeacherError, ArchitectureError, DataError, StorageError: on bad input, before
+        anything is written.
     """
     setup = setup_search(config)
     inputs, teacher, tokenizer, corpus = setup.inputs, setup.teacher, setup.tokenizer, setup.corpus
-    # all inputs are valid: from here on, results are written
-    inputs.output_dir.mkdir(parents=True, exist_ok=True)
     resolved = _resolved_config(config, inputs, corpus)
+    storage = open_storage(_storage_url(config, inputs), heartbeat_interval=config.heartbeat_interval,
+                           grace_period=config.grace_period, max_retry=config.max_retry)
+    # all inputs are valid and the storage answers: from here on, results are written
+    study = _open_study(config, inputs, resolved, storage)
+    if config.report_only and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise SearchError(f"the study {study.study_name!r} has no finished trial to report yet")
     atomic_write_json(inputs.output_dir / "config.json", resolved)
-    study = _open_study(config, inputs, resolved)
 
     rows = _measure_architectures(config, inputs, teacher)
     p_max, i_max = _maximum_point(config, inputs, rows, teacher)
     key_p = f"params_{config.parameter_count}"
     key_i = "flops" if config.cost == "flops" else "latency_ms"
-    candidates = interval_candidates([r[key_p] for r in rows], [r[key_i] for r in rows], inputs.epsilon, p_max, i_max)
+    if config.strategy == "fptas":
+        candidates = interval_candidates([r[key_p] for r in rows], [r[key_i] for r in rows], inputs.epsilon, p_max,
+                                         i_max)
+    elif config.strategy == "exhaustive":
+        candidates = list(range(len(rows)))
+    else:
+        candidates = []  # chosen by the sampler as the search goes
     for k in candidates:
         rows[k]["candidate"] = True
     if config.latency == "candidates":
@@ -125,13 +135,52 @@ def run_search(config: SearchConfig) -> dict:
 
     train_batches, heldout_batches = materialize_batches(config, corpus, tokenizer)
     teacher_outputs = make_teacher_outputs(setup)
-    _evaluate_candidates(config, inputs, study, teacher, tokenizer, rows, candidates, train_batches, heldout_batches,
-                         teacher_outputs, p_max, i_max, key_p, key_i)
+    def train(arch, theta, progress):
+        return train_candidate(config, inputs, teacher, arch, theta, train_batches, heldout_batches, teacher_outputs,
+                               progress)
+
+    context = Evaluation(config, inputs.thetas, inputs.archs, {r["name"]: r for r in rows}, train, tokenizer,
+                         inputs.output_dir, p_max, i_max, key_p, key_i)
+    if not config.report_only:
+        if candidates:
+            run_planned(context, study, storage, [(rows[k]["name"], t) for k in candidates
+                                                  for t in range(len(inputs.thetas))])
+        else:
+            run_sampled(context, study, storage, _n_trials(config, inputs))
+    if config.strategy in ("nsga2", "tpe"):
+        evaluated = {trial_key(t)[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        for row in rows:
+            row["candidate"] = row["name"] in evaluated
+        if config.latency == "candidates":
+            _add_latencies(config, inputs, [r for r in rows if r["candidate"]], teacher)
     summary = write_results(inputs.output_dir, study, rows, resolved, p_max=p_max, i_max=i_max, key_p=key_p,
                             key_i=key_i)
     _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_batches, heldout_batches,
                            teacher_outputs)
+    hint = redact(engine_url(config.storage)) if config.storage else \
+        f"sqlite:///{(inputs.output_dir / 'study.db').resolve()}"
+    page = write_report_page(inputs.output_dir, study, rows, summary, resolved, _teacher_row(config, inputs, teacher),
+                             storage_hint=hint)
+    summary["report"] = str(page)
     return summary
+
+
+def _teacher_row(config: SearchConfig, inputs: Inputs, teacher: PreTrainedModel) -> dict:
+    """The teacher's size, FLOPs and measured latency under the search's latency profile (cached per profile)."""
+    arch = Architecture.from_config(inputs.teacher_config)
+    pooler = getattr(teacher.base_model, "pooler", None) is not None
+    params = count_parameters(arch, inputs.teacher_config, pooler=pooler)
+    row = {"name": "teacher", **arch.to_dict(), "params_total": params.total, "params_effective": params.effective,
+           "flops": flops_per_sequence(arch, config.max_seq_length, pooler=pooler)}
+    _add_latencies(config, inputs, [row])
+    return row
+
+
+def _n_trials(config: SearchConfig, inputs: Inputs) -> int:
+    """The sampler strategies' budget: --n-trials, or what the FPTAS trains on this space."""
+    if config.n_trials is not None:
+        return config.n_trials
+    return math.ceil(len(inputs.archs) / inputs.epsilon) * len(inputs.thetas)
 
 
 # --- 1. inputs ---------------------------------------------------------------------------------------------------
@@ -203,21 +252,42 @@ def _resolved_config(config: SearchConfig, inputs: Inputs, corpus) -> dict:
     }
 
 
-def _open_study(config: SearchConfig, inputs: Inputs, resolved: dict) -> optuna.Study:
-    """The study of this output folder; refuses one created with different search-defining settings."""
-    storage = config.storage or f"sqlite:///{(inputs.output_dir / 'study.db').resolve()}"
+def _storage_url(config: SearchConfig, inputs: Inputs) -> str:
+    if config.storage:
+        return config.storage
+    inputs.output_dir.mkdir(parents=True, exist_ok=True)  # checked writable in step 1
+    return f"sqlite:///{(inputs.output_dir / 'study.db').resolve()}"
+
+
+def study_name(config: SearchConfig) -> str:
+    """One study per strategy, so that strategies compared on one storage do not mix."""
+    return STUDY_NAME if config.strategy == "fptas" else f"{STUDY_NAME}-{config.strategy}"
+
+
+def _open_study(config: SearchConfig, inputs: Inputs, resolved: dict, storage) -> optuna.Study:
+    """The study of this search; refuses one created with different search-defining settings.
+
+    Two drivers that create the study at the same moment both write the same settings; a driver whose settings
+    lost that race sees the other's on its re-read and stops.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
+    inputs.output_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=study_name(config), storage=storage, load_if_exists=True,
                                 directions=["minimize", "minimize", "minimize"])
     defining = _defining_settings(config, resolved)
+    where = redact(config.storage) if config.storage else str(inputs.output_dir / "study.db")
     stored = study.user_attrs.get("defining_settings")
     if stored is None:
         study.set_user_attr("defining_settings", defining)
-        study.set_metric_names([f"p ({config.parameter_count} parameters)", f"i ({config.cost})", "e (held-out loss)"])
-    elif stored != defining:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([f"p ({config.parameter_count} parameters)", f"i ({config.cost})",
+                                    "e (held-out loss)"])
+        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs["defining_settings"]
+    if stored != defining:
         differing = sorted(k for k in set(stored) | set(defining) if stored.get(k) != defining.get(k))
-        raise SearchError(f"the study in {storage} was created with other settings ({', '.join(differing)}); "
-                          f"use another --output-dir or --storage")
+        raise SearchError(f"the study {study.study_name!r} in {where} was created with other settings "
+                          f"({', '.join(differing)}); use another --output-dir or --storage")
     return study
 
 
@@ -225,7 +295,7 @@ def _defining_settings(config: SearchConfig, resolved: dict) -> dict:
     """The settings that change what a trial computes: results under other settings must not be mixed."""
     r = resolved["resolved"]
     keys = ("steps", "batch_size", "eval_batches", "max_seq_length", "heldout_fraction", "init", "temperature",
-            "dropout", "cost", "parameter_count", "maximum_point", "seed")
+            "dropout", "cost", "parameter_count", "maximum_point", "seed", "strategy")
     out = {k: config.to_dict()[k] for k in keys}
     out.update(teacher=r["teacher"], teacher_architecture=r["teacher_architecture"], corpus_cache=Path(
         r["corpus_cache"]).name, space=r["space"], loss_weights=r["loss_weights"], relation_heads=r["relation_heads"])
@@ -242,38 +312,58 @@ def _measure_architectures(config: SearchConfig, inputs: Inputs, teacher: PreTra
         rows.append({"name": arch.name, **arch.to_dict(), "params_total": params.total,
                      "params_effective": params.effective,
                      "flops": flops_per_sequence(arch, config.max_seq_length, pooler=pooler),
-                     "latency_ms": None, "candidate": False})
+                     "latency_ms": None, "latency_source": None, "candidate": False})
     if config.latency == "all":
         _add_latencies(config, inputs, rows, teacher)
+    elif config.latency == "predicted":
+        _predict_latencies(config, inputs, rows)
     return rows
 
 
 def _latency_profile(config: SearchConfig) -> LatencyProfile:
     return LatencyProfile(batch_size=config.latency_batch_size, seq_len=config.max_seq_length,
-                          threads=config.threads, warmup=config.latency_warmup, repeats=config.latency_repeats)
+                          device=config.latency_device, dtype=config.latency_dtype, threads=config.threads,
+                          warmup=config.latency_warmup, repeats=config.latency_repeats)
 
 
-def _add_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict], teacher: PreTrainedModel) -> None:
-    """Fill ``latency_ms`` of ``rows``, reusing the measurements cached in the output folder under the same profile."""
-    profile = _latency_profile(config)
-    cache_file = inputs.output_dir / "latency.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    if cache.get("profile") != profile.to_dict():
-        cache = {"profile": profile.to_dict(), "ms": {}}
-    todo = [r for r in rows if r["name"] not in cache["ms"]]
-    # An embedding lookup costs the same whatever the table's size, so latency models get a small vocabulary:
-    # building 300 models then takes seconds instead of minutes of initialising 30k-row tables.
-    latency_config = copy.deepcopy(inputs.teacher_config)
-    latency_config.vocab_size = min(latency_config.vocab_size, LATENCY_VOCAB_SIZE)
-    for row in tqdm(todo, desc="latency", unit="arch", disable=not config.progress or not todo):
-        arch = Architecture(**{d: row[d] for d in DIMENSIONS})
-        model = build_student(arch, latency_config, seed=config.seed)
-        cache["ms"][row["name"]] = measure_latency(model, profile, vocab_size=latency_config.vocab_size).mean_ms
-        del model
-    if todo:
-        atomic_write_json(cache_file, cache)
+def _latency_cache(config: SearchConfig, inputs: Inputs) -> LatencyCache:
+    return LatencyCache.open(_latency_profile(config), inputs.teacher_config, name=config.latency_profile,
+                             cache_dir=config.cache_dir)
+
+
+def _add_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict], teacher: PreTrainedModel = None) -> None:
+    """Fill ``latency_ms`` of ``rows`` with measurements, reusing the profile's cache in the user cache folder, and
+    record them (with the profile) in the output folder's ``latency.json``."""
+    cache = _latency_cache(config, inputs)
+    ms = measure_architectures([Architecture(**{d: r[d] for d in DIMENSIONS}) for r in rows], inputs.teacher_config,
+                               _latency_profile(config), cache, seed=config.seed, progress=config.progress)
     for row in rows:
-        row["latency_ms"] = cache["ms"][row["name"]]
+        row["latency_ms"], row["latency_source"] = ms[Architecture(**{d: row[d] for d in DIMENSIONS}).name], "measured"
+    record = inputs.output_dir / "latency.json"
+    previous = json.loads(record.read_text()) if record.is_file() else {}
+    if previous.get("key") != cache.key:
+        previous = {}
+    atomic_write_json(record, {"profile_name": cache.path.stem.rsplit("-", 1)[0], "cache_file": str(cache.path),
+                               "key": cache.key, "ms": {**previous.get("ms", {}), **ms}})
+
+
+def _predict_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict]) -> None:
+    """--latency predicted: measure a FLOPs-spread sample, fit the predictor, predict the rest; report its error."""
+    sample = sample_for_fit(inputs.archs, [r["flops"] for r in rows], config.latency_samples)
+    names = {a.name for a in sample}
+    measured = [r for r in rows if r["name"] in names]
+    _add_latencies(config, inputs, measured)
+    model, report = fit_predictor(sample, [next(r["latency_ms"] for r in measured if r["name"] == a.name)
+                                           for a in sample], config.max_seq_length)
+    predicted = predict(model, inputs.archs, config.max_seq_length)
+    for row in rows:
+        if row["latency_source"] is None:
+            row["latency_ms"], row["latency_source"] = predicted[row["name"]], "predicted"
+    atomic_write_json(inputs.output_dir / "latency_model.json", {**report, "profile": _latency_profile(
+        config).to_dict(), "predicted": {r["name"]: r["latency_ms"] for r in rows if r["latency_source"] ==
+                                         "predicted"}})
+    logger.info("latency predictor: %d measured points, cross-validated error %.1f%% (R² %.3f)", report["points"],
+                100 * report["cv_mape"], report["cv_r2"])
 
 
 def _maximum_point(config: SearchConfig, inputs: Inputs, rows: list[dict], teacher: PreTrainedModel):
@@ -343,95 +433,21 @@ def train_candidate(config: SearchConfig, inputs: Inputs, teacher, arch: Archite
     return student, terms, losses
 
 
-def _evaluate_candidates(config, inputs, study, teacher, tokenizer, rows, candidates, train_batches, heldout_batches,
-                         teacher_outputs, p_max, i_max, key_p, key_i) -> None:
-    done = {(_trial_key(t)) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
-    waiting = {(_trial_key(t)) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
-    distributions = {d: CategoricalDistribution(sorted({getattr(a, d) for a in inputs.archs})) for d in DIMENSIONS}
-    distributions["theta"] = IntDistribution(0, len(inputs.thetas) - 1)
-    pending = []
-    for k in candidates:
-        for t in range(len(inputs.thetas)):
-            key = (rows[k]["name"], t)
-            if key not in done:
-                pending.append(key)
-                if key not in waiting:
-                    study.enqueue_trial({**{d: rows[k][d] for d in DIMENSIONS}, "theta": t})
-    by_name = {r["name"]: r for r in rows}
-    logger.info("%d of %d evaluations already done", len(candidates) * len(inputs.thetas) - len(pending),
-                len(candidates) * len(inputs.thetas))
-    bar = tqdm(total=len(pending) * config.steps, desc="distilling candidates", unit="step",
-               disable=not config.progress or not pending)
-    tokens_per_step = config.batch_size * config.max_seq_length
-    for _ in range(len(pending)):
-        trial = study.ask(distributions)
-        arch = Architecture(**{d: trial.params[d] for d in DIMENSIONS})
-        theta = inputs.thetas[trial.params["theta"]]
-        row = by_name[arch.name]
-        bar.set_description(f"{arch.name} θ{trial.params['theta']}")
-        start = time.perf_counter()
-        try:
-            student, terms, losses = train_candidate(config, inputs, teacher, arch, theta, train_batches,
-                                                      heldout_batches, teacher_outputs, bar)
-        except Exception:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        seconds = time.perf_counter() - start
-        e = terms["loss"]
-        w = w_coefficient(row[key_p], row[key_i], e, p_max, i_max)
-        trial.set_user_attr("W", w)
-        trial.set_user_attr("terms", terms)
-        trial.set_user_attr("theta_values", theta.to_dict())
-        trial.set_user_attr("train_loss_first_last", [losses[0], losses[-1]])
-        trial.set_user_attr("train_seconds", seconds)
-        trial.set_user_attr("tokens_per_second", tokens_per_step * config.steps / seconds)
-        best = _best_w(study)
-        if best is None or w > best:
-            save_winner(inputs.output_dir / "winner", student, tokenizer,
-                        {"architecture": arch.to_dict(), "theta": theta.to_dict(), "W": w, "e": e})
-        study.tell(trial, [row[key_p], row[key_i], e])
-    bar.close()
-
-
-def _trial_key(trial: optuna.trial.FrozenTrial) -> tuple[str, int]:
-    arch = Architecture(**{d: trial.params[d] for d in DIMENSIONS})
-    return arch.name, trial.params["theta"]
-
-
-def _best_w(study: optuna.Study) -> float | None:
-    ws = [t.user_attrs["W"] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    return max(ws) if ws else None
-
-
 # --- 5. the winner -----------------------------------------------------------------------------------------------
-
-def save_winner(folder: Path, model: PreTrainedModel, tokenizer, info: dict) -> None:
-    """Write a Hugging Face folder (config, weights, tokenizer, search_result.json) atomically in place of ``folder``."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "search_result.json").write_text(json.dumps(info, indent=2))
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old.exists():
-        shutil.rmtree(old)
-
 
 def _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_batches, heldout_batches,
                            teacher_outputs) -> None:
     """Make ``winner/`` hold the best trial's short-trained weights (retraining it, deterministically, if a killed
-    run left another architecture there)."""
+    run left another architecture there or another machine's worker trained it)."""
     folder = inputs.output_dir / "winner"
     info_file = folder / "search_result.json"
     winner = summary["winner"]
-    if info_file.is_file():
-        saved = json.loads(info_file.read_text())
-        if saved["architecture"] == winner["architecture"] and saved["theta"] == winner["theta"]:
-            return
-    student, _, _ = train_candidate(config, inputs, teacher, Architecture(**winner["architecture"]),
-                                     OptimConfig(**winner["theta"]), train_batches, heldout_batches, teacher_outputs)
-    save_winner(folder, student, tokenizer, {k: winner[k] for k in ("architecture", "theta", "W", "e")})
+    with winner_lock(folder):
+        if info_file.is_file():
+            saved = json.loads(info_file.read_text())
+            if saved["architecture"] == winner["architecture"] and saved["theta"] == winner["theta"]:
+                return
+        student, _, _ = train_candidate(config, inputs, teacher, Architecture(**winner["architecture"]),
+                                         OptimConfig(**winner["theta"]), train_batches, heldout_batches,
+                                         teacher_outputs)
+        save_winner(folder, student, tokenizer, {k: winner[k] for k in ("architecture", "theta", "W", "e")})
