@@ -7,6 +7,8 @@ python -m pip install -q -r requirements.txt -r requirements-dev.txt
 bash scripts/build_horovod.sh
 # MXNet 1.9.1 + GluonNLP 0.10.0 in their own environment (.venv-gluonnlp/), for the GluonNLP converter's tests.
 bash scripts/setup_gluonnlp_env.sh > /dev/null
+# PostgreSQL server programs for the multi-worker search tests (Debian's package, installed where missing)
+bash scripts/setup_postgres.sh > /dev/null || echo "warning: PostgreSQL cannot be installed here: its tests will be skipped" >&2
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # tests read local files only; never reach for the hub
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1

@@ -29,7 +29,8 @@ from bort.architecture import Architecture  # noqa: E402
 from bort.counting import count_parameters, flops_per_sequence  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
 from search.fptas import interval_candidates  # noqa: E402
-from search.runner import make_teacher_outputs, materialize_batches, setup_search, train_candidate  # noqa: E402
+from search.runner import (head_width_tie_break, make_teacher_outputs, materialize_batches, setup_search,  # noqa: E402
+                           train_candidate)
 
 
 @dataclass
@@ -48,7 +49,8 @@ def main() -> None:
     costs = [flops_per_sequence(a, config.max_seq_length) for a in inputs.archs]
     p_max = count_parameters(teacher_arch, inputs.teacher_config).effective
     i_max = flops_per_sequence(teacher_arch, config.max_seq_length)
-    candidates = [inputs.archs[k] for k in interval_candidates(sizes, costs, inputs.epsilon, p_max, i_max)]
+    ties = head_width_tie_break(inputs.archs, inputs.teacher_config)
+    candidates = [inputs.archs[k] for k in interval_candidates(sizes, costs, inputs.epsilon, p_max, i_max, ties)]
     long_config = dataclasses.replace(config, steps=config.steps * options.factor)
     train_long, heldout = materialize_batches(long_config, setup.corpus, setup.tokenizer)
     train_short = train_long[:config.steps]  # same seeds: the short run's batches are the long run's first ones

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from bort.distill import TERMS
+from bort.distill import TERMS, parse_weights
 from bort.modeling import INIT_METHODS
 
 # --tiny: a smoke-test scale that finishes in well under a minute on two CPU cores.
@@ -164,19 +164,7 @@ class SearchConfig:
         Raises:
             ValueError: on a malformed item or unknown term.
         """
-        if self.loss is None:
-            return None
-        weights = {}
-        for item in self.loss:
-            name, sep, value = item.partition("=")
-            try:
-                weight = float(value)
-            except ValueError:
-                weight = None
-            if not sep or name not in TERMS or weight is None:
-                raise ValueError(f"--loss item {item!r} is not NAME=WEIGHT with NAME in {TERMS}")
-            weights[name] = weight
-        return weights
+        return None if self.loss is None else parse_weights(self.loss)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -30,12 +30,14 @@ def w_coefficient(p: float, i: float, e: float, p_max: float, i_max: float) -> f
 
 
 def interval_candidates(sizes: Sequence[float], costs: Sequence[float], epsilon: int, p_max: float,
-                        i_max: float) -> list[int]:
+                        i_max: float, tie_break: Sequence[float] | None = None) -> list[int]:
     """Steps (2)–(3): sort by size, cut into intervals of ``epsilon`` consecutive architectures, one candidate each.
 
     Within an interval the candidate is the architecture with the largest known part of W,
-    (1 − p/p(T))·(1 − i/i(T)), since e is unknown before training (arXiv 2010.08512 leaves the choice open); ties go
-    to the smaller architecture. Returns indices into ``sizes``, in increasing size.
+    (1 − p/p(T))·(1 − i/i(T)), since e is unknown before training (arXiv 2010.08512 leaves the choice open). Ties
+    (e.g. architectures that differ only in their number of heads, which changes neither parameters nor FLOPs) go to
+    the smallest ``tie_break`` value, then to the smaller architecture. Returns indices into ``sizes``, in increasing
+    size.
 
     Raises:
         ValueError: if epsilon is not in 1..len(sizes) or the sequences differ in length.
@@ -45,10 +47,12 @@ def interval_candidates(sizes: Sequence[float], costs: Sequence[float], epsilon:
         raise ValueError(f"sizes and costs differ in length ({n} vs {len(costs)})")
     if not 1 <= epsilon <= n:
         raise ValueError(f"epsilon must be between 1 and |Ξ| = {n}, got {epsilon}")
+    ties = tie_break if tie_break is not None else [0.0] * n
     order = sorted(range(n), key=lambda k: (sizes[k], costs[k], k))
     chosen = []
     for start in range(0, n, epsilon):
         interval = order[start:start + epsilon]
-        chosen.append(max(interval, key=lambda k: ((1 - sizes[k] / p_max) * (1 - costs[k] / i_max), -sizes[k], -k)))
+        chosen.append(max(interval, key=lambda k: ((1 - sizes[k] / p_max) * (1 - costs[k] / i_max), -ties[k],
+                                                   -sizes[k], -k)))
     return chosen
 

@@ -18,22 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import HfArgumentParser  # noqa: E402
+from bort.cli import parse_config  # noqa: E402
 
 from search.config import SearchConfig  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> SearchConfig:
-    parser = HfArgumentParser(SearchConfig, description=__doc__.split("\n\n")[0], prog="run_fptas.py")
-    try:
-        if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-            parse = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-            (config,) = parse(argv[0], allow_extra_keys=False)
-        else:
-            (config,) = parser.parse_args_into_dataclasses(argv)
-    except (ValueError, OSError) as exc:
-        parser.error(str(exc))
-    return config
+    return parse_config(SearchConfig, argv, prog="run_fptas.py", description=__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,7 +123,7 @@ def run_search(config: SearchConfig) -> dict:
     key_i = "flops" if config.cost == "flops" else "latency_ms"
     if config.strategy == "fptas":
         candidates = interval_candidates([r[key_p] for r in rows], [r[key_i] for r in rows], inputs.epsilon, p_max,
-                                         i_max)
+                                         i_max, head_width_tie_break(inputs.archs, inputs.teacher_config))
     elif config.strategy == "exhaustive":
         candidates = list(range(len(rows)))
     else:
@@ -184,6 +184,13 @@ def _n_trials(config: SearchConfig, inputs: Inputs) -> int:
 
 
 # --- 1. inputs ---------------------------------------------------------------------------------------------------
+
+def head_width_tie_break(archs: list[Architecture], teacher_config: PretrainedConfig) -> list[float]:
+    """|log(d / d_teacher)| per architecture, d = hidden_size / num_attention_heads: between candidates equal in p and
+    i, interval selection prefers the head width closest to the teacher's, the natural width for extraction."""
+    d_teacher = teacher_config.hidden_size / teacher_config.num_attention_heads
+    return [abs(math.log(a.head_dim / d_teacher)) for a in archs]
+
 
 def _resolve_inputs(config: SearchConfig) -> Inputs:
     teacher_name = config.teacher or default_teacher()

@@ -35,3 +35,9 @@ def test_epsilon_one_takes_everything_and_full_epsilon_one():
 def test_epsilon_outside_one_to_space_size(epsilon):
     with pytest.raises(ValueError, match="epsilon must be between 1 and"):
         interval_candidates([1, 2, 3], [1, 2, 3], epsilon, 10, 10)
+
+
+def test_ties_in_size_and_cost_go_to_the_smallest_tie_break():
+    # three architectures equal in p and i (e.g. differing only in heads): the tie-break decides, not the order
+    assert interval_candidates([5, 5, 5], [2, 2, 2], 3, 10, 10, tie_break=[0.7, 0.0, 0.3]) == [1]
+    assert interval_candidates([5, 5, 5], [2, 2, 2], 3, 10, 10) == [0]
