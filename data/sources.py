@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data.errors import DataError
-from data.text import expand_paths
+from data.text import expand_path
 
 # Local files read through `datasets` (by extension) and the `datasets` builder that reads them.
 DATASET_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
@@ -109,12 +109,10 @@ def resolve_inputs(paths: Sequence[str | os.PathLike] | str | os.PathLike, cache
     if not paths:
         raise DataError("no input files given")
     out: list[Path] = []
-    for p in paths:
-        s = str(p)
-        if Path(s).suffix in DATASET_FILE_BUILDERS and Path(s).is_file():
-            out.append(export_dataset(s, cache_dir, text_column, rows, show_progress))
-        elif is_hub_name(s):
-            out.append(export_dataset(s, cache_dir, text_column, rows, show_progress))
+    for name in map(str, paths):
+        dataset_file = Path(name).suffix in DATASET_FILE_BUILDERS and Path(name).is_file()
+        if dataset_file or is_hub_name(name):
+            out.append(export_dataset(name, cache_dir, text_column, rows, show_progress))
         else:
-            out.extend(expand_paths([s]))
+            out.extend(expand_path(name))
     return out

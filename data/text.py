@@ -111,32 +111,23 @@ def sniff(path: Path) -> None:
         )
 
 
-def expand_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Text files named by ``paths``, globs expanded (sorted), in the order given.
+def expand_path(name: str) -> list[Path]:
+    """The text files named by ``name``: a glob expanded (sorted), or a single file.
 
     Raises:
-        DataError: a glob that matches no file, or a name that is neither a file nor a glob.
+        DataError: a glob that matches no file, a folder, or a name that is neither a file nor a glob.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    if not paths:
-        raise DataError("no input files given")
-    out: list[Path] = []
-    for p in paths:
-        s = str(p)
-        if glob.has_magic(s):
-            matches = sorted(m for m in glob.glob(os.path.expanduser(s), recursive=True) if os.path.isfile(m))
-            if not matches:
-                raise DataError(f"{s}: the pattern matches no file")
-            out.extend(Path(m) for m in matches)
-        else:
-            path = Path(s).expanduser()
-            if path.is_dir():
-                raise DataError(f"{path}: is a folder, not a text file (use a glob such as {path}/*.txt)")
-            if not path.is_file():
-                raise DataError(f"{path}: no such file")
-            out.append(path)
-    return out
+    if glob.has_magic(name):
+        matches = sorted(m for m in glob.glob(os.path.expanduser(name), recursive=True) if os.path.isfile(m))
+        if not matches:
+            raise DataError(f"{name}: the pattern matches no file")
+        return [Path(m) for m in matches]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a text file (use a glob such as {path}/*.txt)")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return [path]
 
 
 def file_sha256(path: Path) -> str:
