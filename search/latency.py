@@ -31,7 +31,7 @@ from bort.architecture import Architecture
 from bort.latency import LatencyProfile, describe_device, measure_latency
 from bort.modeling import build_student
 from data.sources import default_cache_dir
-from search.report import atomic_write_json
+from search.report import atomic_write_json, file_lock
 
 LATENCY_VOCAB_SIZE = 1024
 """Latency models get a small vocabulary: an embedding lookup costs the same whatever the table's size, and
@@ -67,6 +67,10 @@ class LatencyCache:
             return {}
         return stored.get("ms", {}) if stored.get("key") == self.key else {}
 
+    def lock(self):
+        """The cache's lock (``<cache file>.lock``), held by one process of the machine at a time."""
+        return file_lock(self.path.with_suffix(".lock"))
+
     def save(self) -> None:
         """Merge with what other searches wrote meanwhile, then replace the file atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,16 +87,22 @@ def default_profile_name(profile: LatencyProfile) -> str:
 
 def measure_architectures(archs: list[Architecture], teacher_config: PretrainedConfig, profile: LatencyProfile,
                           cache: LatencyCache, *, seed: int = 0, progress: bool = True) -> dict[str, float]:
-    """Milliseconds per batch of each architecture (by name), measuring only those missing from ``cache``."""
-    todo = [a for a in dict.fromkeys(archs) if a.name not in cache.ms]
+    """Milliseconds per batch of each architecture (by name), measuring only those missing from ``cache``.
+
+    Measurements run under an exclusive lock beside the cache file, so the workers of one machine measure one at a
+    time: a worker that waited finds what the first measured in the cache instead of measuring it again, and no
+    measurement runs beside another (which would distort both)."""
     config = copy.deepcopy(teacher_config)
     config.vocab_size = min(config.vocab_size, LATENCY_VOCAB_SIZE)
-    for arch in tqdm(todo, desc="latency", unit="arch", disable=not progress or not todo):
-        model = build_student(arch, config, seed=seed)
-        cache.ms[arch.name] = measure_latency(model, profile, vocab_size=config.vocab_size).mean_ms
-        del model
-    if todo:
-        cache.save()
+    with cache.lock():
+        cache.ms = {**cache._read(), **cache.ms}
+        todo = [a for a in dict.fromkeys(archs) if a.name not in cache.ms]
+        for arch in tqdm(todo, desc="latency", unit="arch", disable=not progress or not todo):
+            model = build_student(arch, config, seed=seed)
+            cache.ms[arch.name] = measure_latency(model, profile, vocab_size=config.vocab_size).mean_ms
+            del model
+        if todo:
+            cache.save()
     return {a.name: cache.ms[a.name] for a in archs}
 
 

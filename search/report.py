@@ -54,14 +54,20 @@ def save_winner(folder: Path, model, tokenizer, info: dict) -> None:
 
 
 @contextlib.contextmanager
-def winner_lock(folder: Path):
-    """An exclusive lock (``fcntl.flock`` on a file beside ``folder``) shared by the workers of one machine."""
-    with open(folder.with_name(f".{folder.name}.lock"), "a") as handle:
+def file_lock(path: Path):
+    """An exclusive ``fcntl.flock`` on ``path`` (created if missing), held by one process of the machine at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def winner_lock(folder: Path):
+    """The lock of the ``winner/`` folder (a file beside it), shared by the workers of one machine."""
+    return file_lock(folder.with_name(f".{folder.name}.lock"))
 
 
 def offer_winner(folder: Path, model, tokenizer, info: dict, rank: tuple) -> bool:

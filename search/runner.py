@@ -143,7 +143,9 @@ def run_search(config: SearchConfig) -> dict:
                          inputs.output_dir, p_max, i_max, key_p, key_i)
     if not config.report_only:
         if candidates:
-            run_planned(context, study, storage, [(rows[k]["name"], t) for k in candidates
+            # the costliest first: with several workers, the last trials to finish are then short ones
+            order = sorted(candidates, key=lambda k: -rows[k]["flops"])
+            run_planned(context, study, storage, [(rows[k]["name"], t) for k in order
                                                   for t in range(len(inputs.thetas))])
         else:
             run_sampled(context, study, storage, _n_trials(config, inputs))

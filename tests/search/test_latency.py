@@ -1,6 +1,10 @@
 """Latency profiles cached per device in the user cache folder, and the fitted latency predictor."""
 
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +33,29 @@ def test_a_second_search_on_the_same_profile_reuses_the_measurements(tmp_path):
     assert cache.path.stat().st_mtime_ns == stamp  # nothing measured, nothing written
     stored = json.loads(cache.path.read_text())
     assert stored["key"]["profile"]["seq_len"] == 16 and stored["key"]["device_model"]
+
+
+def test_a_worker_waits_for_the_one_measuring_and_reuses_its_measurements(tmp_path):
+    """Two workers of one machine: while one holds the cache's lock (measuring), the other waits, then reads what
+    the first stored instead of measuring again."""
+    cache = LatencyCache.open(PROFILE, TEACHER, cache_dir=tmp_path)
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from tests.search.test_latency import ARCHS, PROFILE, TEACHER
+        from search.latency import LatencyCache, measure_architectures
+        cache = LatencyCache.open(PROFILE, TEACHER, cache_dir={str(tmp_path)!r})
+        print("opened", flush=True)  # its cache is still empty
+        print(json.dumps(measure_architectures(ARCHS, TEACHER, PROFILE, cache, progress=False)))
+    """)
+    with cache.lock():  # this test plays the first worker, in the middle of measuring
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert other.stdout.readline() == "opened\n"
+        cache.ms = {a.name: 100.0 + k for k, a in enumerate(ARCHS)}  # values no real measurement gives
+        cache.save()
+    out, _ = other.communicate(timeout=120)
+    assert other.returncode == 0
+    assert json.loads(out) == cache.ms
 
 
 def test_another_profile_or_name_gets_its_own_cache(tmp_path):
