@@ -54,7 +54,7 @@ def main() -> None:
     long_config = dataclasses.replace(config, steps=config.steps * options.factor)
     train_long, heldout = materialize_batches(long_config, setup.corpus, setup.tokenizer)
     train_short = train_long[:config.steps]  # same seeds: the short run's batches are the long run's first ones
-    teacher_outputs = make_teacher_outputs(setup)
+    teacher_outputs = make_teacher_outputs(setup, train_long, heldout)  # in memory: fill() is never called
     theta = inputs.thetas[0]
     tokens_per_step = config.batch_size * config.max_seq_length
     results = {"settings": {"steps": config.steps, "factor": options.factor, "candidates": len(candidates),

@@ -78,18 +78,26 @@ class TeacherOutputs:
         self._cache: dict[object, DistillOutputs] = {}
         self.nbytes = 0
 
-    @torch.no_grad()
     def __call__(self, key: object, batch: dict[str, torch.Tensor]) -> DistillOutputs:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
+        out = self.compute(batch)
+        self.remember(key, out)
+        return out
+
+    @torch.no_grad()
+    def compute(self, batch: dict[str, torch.Tensor]) -> DistillOutputs:
+        """The teacher's forward pass on ``batch`` and the loss's preparation of its targets (no caching)."""
         raw = forward_for_distillation(self.teacher, batch, self.loss_fn.needs, self.layer)
-        out = self.loss_fn.prepare_teacher(raw, batch["attention_mask"])
+        return self.loss_fn.prepare_teacher(raw, batch["attention_mask"])
+
+    def remember(self, key: object, out: DistillOutputs) -> None:
+        """Keep ``out`` for ``key`` while the budget of ``max_bytes`` allows."""
         size = out.nbytes()
         if self.nbytes + size <= self.max_bytes:
             self._cache[key] = out
             self.nbytes += size
-        return out
 
 
 class DistillationObjective(nn.Module):

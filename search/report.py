@@ -54,13 +54,19 @@ def save_winner(folder: Path, model, tokenizer, info: dict) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive ``fcntl.flock`` on ``path`` (created if missing), held by one process of the machine at a time."""
+def file_lock(path: Path, *, wait: bool = True):
+    """An exclusive ``fcntl.flock`` on ``path`` (created if missing), held by one process of the machine at a time;
+    the operating system releases it if the process dies. Yields True once held; with ``wait=False`` it yields False
+    at once (and holds nothing) if another process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

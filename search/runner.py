@@ -32,7 +32,7 @@ from bort.counting import count_parameters, flops_per_sequence
 from bort.distill import DistillationLoss, default_weights
 from bort.latency import LatencyProfile
 from bort.modeling import build_or_extract, has_mlm_head, load_teacher, load_teacher_config, set_dropout
-from bort.training import OptimConfig, TeacherOutputs, distill, evaluate
+from bort.training import OptimConfig, distill, evaluate
 from data.collator import MaskingCollator
 from data.corpus import load_corpus
 from data.resources import default_corpus, default_teacher
@@ -42,6 +42,7 @@ from search.latency import LatencyCache, fit_predictor, measure_architectures, p
 from search.report import atomic_write_json, save_winner, winner_lock, write_results
 from search.report_page import write_report_page
 from search.storage import engine_url, open_storage, redact
+from search.teacher_store import SharedTeacherOutputs, targets_digest
 from search.worker import Evaluation, run_planned, run_sampled, trial_key
 from search.space import DIMENSIONS, default_space, load_space
 
@@ -134,8 +135,12 @@ def run_search(config: SearchConfig) -> dict:
         _add_latencies(config, inputs, [rows[k] for k in candidates], teacher)
 
     train_batches, heldout_batches = materialize_batches(config, corpus, tokenizer)
-    teacher_outputs = make_teacher_outputs(setup)
+    teacher_outputs = make_teacher_outputs(setup, train_batches, heldout_batches)
+
     def train(arch, theta, progress):
+        if not teacher_outputs.filled:  # before this worker's first trial
+            teacher_outputs.fill([(("train", k), b) for k, b in enumerate(train_batches)] +
+                                 [(("heldout", k), b) for k, b in enumerate(heldout_batches)])
         return train_candidate(config, inputs, teacher, arch, theta, train_batches, heldout_batches, teacher_outputs,
                                progress)
 
@@ -159,6 +164,8 @@ def run_search(config: SearchConfig) -> dict:
                             key_i=key_i)
     _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_batches, heldout_batches,
                            teacher_outputs)
+    if not config.report_only:  # every evaluation is done: the shared teacher targets are no longer needed
+        teacher_outputs.remove()
     hint = redact(engine_url(config.storage)) if config.storage else \
         f"sqlite:///{(inputs.output_dir / 'study.db').resolve()}"
     page = write_report_page(inputs.output_dir, study, rows, summary, resolved, _teacher_row(config, inputs, teacher),
@@ -417,10 +424,15 @@ def materialize_batches(config: SearchConfig, corpus, tokenizer):
     return train, held
 
 
-def make_teacher_outputs(setup: SearchSetup) -> TeacherOutputs:
-    """The teacher-output cache shared by every candidate (the relation targets do not depend on the student)."""
+def make_teacher_outputs(setup: SearchSetup, train_batches, heldout_batches) -> SharedTeacherOutputs:
+    """The teacher-output cache shared by every candidate (the relation targets do not depend on the student) and,
+    through ``<output_dir>/teacher_targets/<digest>/``, by every worker of this machine."""
     reference = _loss_fn(setup.config, setup.inputs, setup.inputs.teacher_config.hidden_size)
-    return TeacherOutputs(setup.teacher, reference, max_bytes=int(setup.config.teacher_cache_gib * 2**30))
+    settings = {"needs": sorted(reference.needs), "relation_heads": setup.inputs.relation_heads, "layer": -1}
+    digest = targets_digest(setup.inputs.teacher_name, setup.inputs.teacher_config.to_dict(), settings,
+                            [*train_batches, *heldout_batches])
+    return SharedTeacherOutputs(setup.teacher, reference, setup.inputs.output_dir / "teacher_targets" / digest,
+                                max_bytes=int(setup.config.teacher_cache_gib * 2**30))
 
 
 def _loss_fn(config: SearchConfig, inputs: Inputs, student_hidden_size: int) -> DistillationLoss:
