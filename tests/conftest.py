@@ -36,3 +36,20 @@ def wikitext_files(shared_data: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def bert_sample_text(shared_data: Path) -> Path:
     return shared_data / "corpus" / "bert_sample" / "sample_text.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_and_batches():
+    """A 2-layer, width-32 BERT encoder built from a config (eager attention, eval mode) and four seeded batches of
+    (4, 12) token ids, the second one padded after 9 tokens."""
+    from transformers import AutoModel, BertConfig
+
+    torch.manual_seed(0)
+    teacher = AutoModel.from_config(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=4, intermediate_size=48,
+                                               attn_implementation="eager")).eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 100, (4, 12), generator=gen),
+                "attention_mask": torch.ones(4, 12, dtype=torch.long)} for _ in range(4)]
+    batches[1]["attention_mask"][:, 9:] = 0
+    return teacher, batches

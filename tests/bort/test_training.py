@@ -9,15 +9,9 @@ from bort.training import OptimConfig, TeacherOutputs, distill, evaluate, parame
 
 
 @pytest.fixture(scope="module")
-def setup():
-    torch.manual_seed(0)
-    teacher = AutoModel.from_config(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                               num_attention_heads=4, intermediate_size=48,
-                                               attn_implementation="eager")).eval()
-    gen = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(0, 100, (4, 12), generator=gen),
-                "attention_mask": torch.ones(4, 12, dtype=torch.long)} for _ in range(3)]
-    return teacher, batches
+def setup(tiny_teacher_and_batches):
+    teacher, batches = tiny_teacher_and_batches
+    return teacher, batches[:3]
 
 
 def loss_for(width):

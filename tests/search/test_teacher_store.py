@@ -5,7 +5,6 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModel, BertConfig
 
 from bort.distill import DistillationLoss
 from bort.training import TeacherOutputs
@@ -14,15 +13,8 @@ from search.teacher_store import SharedTeacherOutputs, targets_digest
 
 
 @pytest.fixture(scope="module")
-def teacher_and_batches():
-    torch.manual_seed(0)
-    teacher = AutoModel.from_config(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                               num_attention_heads=4, intermediate_size=48,
-                                               attn_implementation="eager")).eval()
-    gen = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(0, 100, (4, 12), generator=gen),
-                "attention_mask": torch.ones(4, 12, dtype=torch.long)} for _ in range(4)]
-    batches[1]["attention_mask"][:, 9:] = 0  # padding, as in real batches
+def teacher_and_batches(tiny_teacher_and_batches):
+    teacher, batches = tiny_teacher_and_batches
     return teacher, [(("train", k), b) for k, b in enumerate(batches[:3])] + [(("heldout", 0), batches[3])]
 
 
