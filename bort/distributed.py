@@ -140,7 +140,9 @@ class Horovod(SingleProcess):
         return self.hvd.allreduce(tensor, op=self.hvd.Sum)
 
     def gather_object(self, obj):
-        return self.hvd.allgather_object(obj)
+        # Horovod names the collective after type(obj) by default: ranks passing objects of different types
+        # (a command and None) would wait for each other forever
+        return self.hvd.allgather_object(obj, name="gather_object")
 
     def barrier(self) -> None:
         self.hvd.allreduce(torch.zeros(1), op=self.hvd.Sum)  # a collective every rank must reach

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from bort.distill import DistillationLoss, DistillOutputs, forward_for_distillation
+from bort.distributed import SingleProcess
 
 
 @dataclass(frozen=True)
@@ -177,26 +178,32 @@ def apply_gradients(optimizer: torch.optim.Optimizer, scheduler, *, max_grad_nor
 
 def distill(student: PreTrainedModel, loss_fn: DistillationLoss, batches: Sequence[dict[str, torch.Tensor]],
             teacher: Callable[[object, dict], DistillOutputs], optim: OptimConfig, *, steps: int | None = None,
-            key_prefix: object = "train", progress: tqdm | None = None, layer: int = -1) -> list[float]:
+            key_prefix: object = "train", progress: tqdm | None = None, layer: int = -1,
+            engine: SingleProcess | None = None) -> list[float]:
     """Train ``student`` (and the loss's own parameters) for ``steps`` optimizer steps over ``batches`` (cycled).
 
     Returns the training loss of every step. ``teacher(key, batch)`` supplies the teacher's outputs, where key is
     (key_prefix, batch index) so a TeacherOutputs cache can serve repeated batches. One batch per step, full
-    precision, one process: the search's short training. The full pre-training (``bort/pretraining.py``) runs the
-    same :func:`accumulate_gradients` and :func:`apply_gradients` with accumulation, mixed precision and data
-    parallelism.
+    precision: the search's short training. Under a data-parallel ``engine`` (see :mod:`bort.distributed`) each rank
+    passes its own share of every batch and the gradients and returned losses are averaged over ranks. The full
+    pre-training (``bort/pretraining.py``) runs the same :func:`accumulate_gradients` and :func:`apply_gradients`
+    with accumulation and mixed precision.
 
     Raises:
         FloatingPointError: on a NaN or infinite loss, naming the step.
     """
     steps = len(batches) if steps is None else steps
+    eng = engine or SingleProcess()
     optimizer, scheduler = build_optimizer([student, loss_fn], optim, steps)
     objective = DistillationObjective(student, loss_fn, layer).train()
+    # under DDP the relation loss leaves the last layer's attention output and FFN without gradient
+    model = eng.wrap(objective, find_unused_parameters=eng.world_size > 1)
     losses = []
     for step in range(steps):
         index = step % len(batches)
-        terms = accumulate_gradients(objective, [batches[index]], lambda _, batch: teacher((key_prefix, index), batch))
-        loss = terms["loss"].item()
+        terms = accumulate_gradients(model, [batches[index]], lambda _, batch: teacher((key_prefix, index), batch))
+        eng.reduce_gradients(objective.parameters())
+        loss = float(eng.sum(terms["loss"].double().reshape(1))) / eng.world_size
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite distillation loss {loss} at step {step}")
         apply_gradients(optimizer, scheduler, max_grad_norm=optim.max_grad_norm)
@@ -261,8 +268,12 @@ def normalize_evaluation(sums: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def evaluate(student: PreTrainedModel, loss_fn: DistillationLoss, batches: Sequence[dict[str, torch.Tensor]],
              teacher: Callable[[object, dict], DistillOutputs], *, key_prefix: object = "heldout",
-             layer: int = -1, mlm_metrics: bool = False) -> dict[str, float]:
+             layer: int = -1, mlm_metrics: bool = False, engine: SingleProcess | None = None) -> dict[str, float]:
     """Mean of every loss term over ``batches`` in eval mode (no dropout): the e(b) of the search is ``["loss"]``.
-    With ``mlm_metrics`` also ``mlm_loss``, ``mlm_accuracy`` and ``mlm_mrr`` (see :func:`evaluation_sums`)."""
-    return normalize_evaluation(evaluation_sums(student, loss_fn, batches, teacher, key_prefix=key_prefix,
-                                                layer=layer, mlm_metrics=mlm_metrics))
+    With ``mlm_metrics`` also ``mlm_loss``, ``mlm_accuracy`` and ``mlm_mrr`` (see :func:`evaluation_sums`). Under a
+    data-parallel ``engine`` each rank passes its own whole batches and the means are over every rank's."""
+    sums = evaluation_sums(student, loss_fn, batches, teacher, key_prefix=key_prefix, layer=layer,
+                           mlm_metrics=mlm_metrics)
+    if engine is not None:
+        sums = {name: engine.sum(value) for name, value in sorted(sums.items())}
+    return normalize_evaluation(sums)

@@ -113,6 +113,11 @@ class SearchConfig:
         "help": "How often a trial whose worker died is re-queued before it is left failed."})
     poll_interval: float = field(default=2.0, metadata={
         "help": "Seconds an idle worker waits between looks at the study while other workers finish."})
+    engine: str = field(default="auto", metadata={
+        "help": "Data parallelism inside this worker: each candidate trains on all ranks, each rank on its share of "
+                "every batch. 'auto' follows the launcher (torchrun or horovodrun; none under plain python); rank 0 "
+                "alone talks to the storage and writes results.",
+        "choices": ["auto", "none", "torchrun", "horovod"]})
     report_only: bool = field(default=False, metadata={
         "help": "Train nothing: write the results (tables, plots, report.md, winner/) from the study's finished "
                 "trials, e.g. on another machine than the workers."})

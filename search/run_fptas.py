@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerError as exc:
         print(f"run_fptas.py: error: {exc}", file=sys.stderr)
         return 1
+    if summary is None:  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     w = summary["winner"]
     rel = summary["relative_to_maximum_point"]
     print(f"winner: {w['name']}  W={w['W']:.4f}  e={w['e']:.4f}  "

@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 from bort.architecture import Architecture
 from bort.counting import count_parameters, flops_per_sequence
 from bort.distill import DistillationLoss, default_weights
+from bort.distributed import SingleProcess, engine
 from bort.latency import LatencyProfile
 from bort.modeling import build_or_extract, has_mlm_head, load_teacher, load_teacher_config, set_dropout
 from bort.training import OptimConfig, distill, evaluate
@@ -100,15 +101,30 @@ def setup_search(config: SearchConfig) -> SearchSetup:
     return SearchSetup(config, inputs, teacher, tokenizer, corpus)
 
 
-def run_search(config: SearchConfig) -> dict:
-    """Run the whole search (or this worker's share of it); returns the summary written to ``summary.json``.
+def run_search(config: SearchConfig) -> dict | None:
+    """Run the whole search (or this worker's share of it); returns the summary written to ``summary.json`` (None
+    on the ranks other than 0 of a data-parallel worker, which write nothing).
 
     Raises:
         SearchError, SpaceError, TeacherError, ArchitectureError, DataError, StorageError: on bad input, before
         anything is written.
     """
     setup = setup_search(config)
-    inputs, teacher, tokenizer, corpus = setup.inputs, setup.teacher, setup.tokenizer, setup.corpus
+    with engine(config.engine) as eng:
+        if not eng.is_main:
+            _follow(setup, eng)
+            return None
+        try:
+            return _run_main(setup, eng)
+        finally:
+            if eng.world_size > 1:
+                eng.gather_object(None)  # releases the other ranks
+
+
+def _run_main(setup: SearchSetup, eng: SingleProcess) -> dict:
+    """The search on this worker's rank 0 (the only rank that talks to the storage and writes)."""
+    config, inputs, teacher, tokenizer, corpus = setup.config, setup.inputs, setup.teacher, setup.tokenizer, \
+        setup.corpus
     resolved = _resolved_config(config, inputs, corpus)
     storage = open_storage(_storage_url(config, inputs), heartbeat_interval=config.heartbeat_interval,
                            grace_period=config.grace_period, max_retry=config.max_retry)
@@ -134,15 +150,12 @@ def run_search(config: SearchConfig) -> dict:
     if config.latency == "candidates":
         _add_latencies(config, inputs, [rows[k] for k in candidates], teacher)
 
-    train_batches, heldout_batches = materialize_batches(config, corpus, tokenizer)
-    teacher_outputs = make_teacher_outputs(setup, train_batches, heldout_batches)
+    teacher_outputs, rank_train = _rank_trainer(setup, eng)
 
-    def train(arch, theta, progress):
-        if not teacher_outputs.filled:  # before this worker's first trial
-            teacher_outputs.fill([(("train", k), b) for k, b in enumerate(train_batches)] +
-                                 [(("heldout", k), b) for k, b in enumerate(heldout_batches)])
-        return train_candidate(config, inputs, teacher, arch, theta, train_batches, heldout_batches, teacher_outputs,
-                               progress)
+    def train(arch, theta, progress=None):
+        if eng.world_size > 1:  # the other ranks train the same candidate on their shares of the batches
+            eng.gather_object({"architecture": arch.to_dict(), "theta": theta.to_dict()})
+        return rank_train(arch, theta, progress)
 
     context = Evaluation(config, inputs.thetas, inputs.archs, {r["name"]: r for r in rows}, train, tokenizer,
                          inputs.output_dir, p_max, i_max, key_p, key_i)
@@ -162,8 +175,7 @@ def run_search(config: SearchConfig) -> dict:
             _add_latencies(config, inputs, [r for r in rows if r["candidate"]], teacher)
     summary = write_results(inputs.output_dir, study, rows, resolved, p_max=p_max, i_max=i_max, key_p=key_p,
                             key_i=key_i)
-    _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_batches, heldout_batches,
-                           teacher_outputs)
+    _ensure_winner_weights(inputs, tokenizer, summary, train)
     if not config.report_only:  # every evaluation is done: the shared teacher targets are no longer needed
         teacher_outputs.remove()
     hint = redact(engine_url(config.storage)) if config.storage else \
@@ -442,22 +454,66 @@ def _loss_fn(config: SearchConfig, inputs: Inputs, student_hidden_size: int) -> 
 
 
 def train_candidate(config: SearchConfig, inputs: Inputs, teacher, arch: Architecture, theta: OptimConfig,
-                    train_batches, heldout_batches, teacher_outputs, progress=None):
+                    train_batches, heldout_batches, teacher_outputs, progress=None, engine: SingleProcess | None = None):
     """Step 4 for one (candidate, θ): build or extract the student, distil it for ``config.steps`` steps on
-    ``train_batches``, and return (student, held-out loss terms, training losses). e(b) is ``terms["loss"]``."""
+    ``train_batches``, and return (student, held-out loss terms, training losses). e(b) is ``terms["loss"]``.
+    Under a data-parallel ``engine``, the batches are this rank's shares (see :func:`rank_share`)."""
     torch.manual_seed(config.seed)
     student = build_or_extract(arch, teacher, init=config.init, seed=config.seed)
     set_dropout(student, config.dropout)
     loss_fn = _loss_fn(config, inputs, arch.hidden_size)
-    losses = distill(student, loss_fn, train_batches, teacher_outputs, theta, steps=config.steps, progress=progress)
-    terms = evaluate(student, loss_fn, heldout_batches, teacher_outputs)
+    losses = distill(student, loss_fn, train_batches, teacher_outputs, theta, steps=config.steps, progress=progress,
+                     engine=engine)
+    terms = evaluate(student, loss_fn, heldout_batches, teacher_outputs, engine=engine)
     return student, terms, losses
+
+
+def rank_share(train_batches: list[dict], heldout_batches: list[dict], rank: int, world_size: int):
+    """This rank's data under data parallelism: rows ``rank::world_size`` of every training batch (the ranks'
+    gradients are averaged, so a step sees the whole batch) and whole held-out batches ``rank::world_size`` (the
+    ranks' sums are added, so e is the same mean over every held-out batch).
+
+    Raises:
+        SearchError: a batch has fewer rows, or there are fewer held-out batches, than ranks.
+    """
+    if world_size == 1:
+        return train_batches, heldout_batches
+    if min(len(b["input_ids"]) for b in train_batches) < world_size or len(heldout_batches) < world_size:
+        raise SearchError(f"{world_size} ranks need --batch-size and --eval-batches of at least {world_size}")
+    shares = [{name: tensor[rank::world_size] for name, tensor in batch.items()} for batch in train_batches]
+    return shares, heldout_batches[rank::world_size]
+
+
+def _rank_trainer(setup: SearchSetup, eng: SingleProcess):
+    """(teacher targets, train(arch, theta, progress)) for this rank: its shares of the batches, the teacher's
+    targets on them computed before its first candidate (split with this machine's other workers), and the
+    candidate's training under ``eng``."""
+    train_batches, heldout_batches = rank_share(*materialize_batches(setup.config, setup.corpus, setup.tokenizer),
+                                                eng.rank, eng.world_size)
+    teacher_outputs = make_teacher_outputs(setup, train_batches, heldout_batches)
+
+    def train(arch: Architecture, theta: OptimConfig, progress=None):
+        if not teacher_outputs.filled:
+            teacher_outputs.fill([(("train", k), b) for k, b in enumerate(train_batches)] +
+                                 [(("heldout", k), b) for k, b in enumerate(heldout_batches)])
+        return train_candidate(setup.config, setup.inputs, setup.teacher, arch, theta, train_batches,
+                               heldout_batches, teacher_outputs, progress, engine=eng)
+
+    return teacher_outputs, train
+
+
+def _follow(setup: SearchSetup, eng: SingleProcess) -> None:
+    """Ranks other than 0: train each candidate rank 0 announces, together with it, until it announces the end."""
+    teacher_outputs, train = _rank_trainer(setup, eng)
+    while (command := eng.gather_object(None)[0]) is not None:
+        train(Architecture(**command["architecture"]), OptimConfig(**command["theta"]))
+    if teacher_outputs.filled:
+        teacher_outputs.remove()
 
 
 # --- 5. the winner -----------------------------------------------------------------------------------------------
 
-def _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_batches, heldout_batches,
-                           teacher_outputs) -> None:
+def _ensure_winner_weights(inputs, tokenizer, summary, train) -> None:
     """Make ``winner/`` hold the best trial's short-trained weights (retraining it, deterministically, if a killed
     run left another architecture there or another machine's worker trained it)."""
     folder = inputs.output_dir / "winner"
@@ -468,7 +524,5 @@ def _ensure_winner_weights(config, inputs, teacher, tokenizer, summary, train_ba
             saved = json.loads(info_file.read_text())
             if saved["architecture"] == winner["architecture"] and saved["theta"] == winner["theta"]:
                 return
-        student, _, _ = train_candidate(config, inputs, teacher, Architecture(**winner["architecture"]),
-                                         OptimConfig(**winner["theta"]), train_batches, heldout_batches,
-                                         teacher_outputs)
+        student, _, _ = train(Architecture(**winner["architecture"]), OptimConfig(**winner["theta"]))
         save_winner(folder, student, tokenizer, {k: winner[k] for k in ("architecture", "theta", "W", "e")})
