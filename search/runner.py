@@ -454,7 +454,8 @@ def _loss_fn(config: SearchConfig, inputs: Inputs, student_hidden_size: int) -> 
 
 
 def train_candidate(config: SearchConfig, inputs: Inputs, teacher, arch: Architecture, theta: OptimConfig,
-                    train_batches, heldout_batches, teacher_outputs, progress=None, engine: SingleProcess | None = None):
+                    train_batches, heldout_batches, teacher_outputs, progress=None,
+                    engine: SingleProcess | None = None):
     """Step 4 for one (candidate, θ): build or extract the student, distil it for ``config.steps`` steps on
     ``train_batches``, and return (student, held-out loss terms, training losses). e(b) is ``terms["loss"]``.
     Under a data-parallel ``engine``, the batches are this rank's shares (see :func:`rank_share`)."""

@@ -53,3 +53,33 @@ def tiny_teacher_and_batches():
                 "attention_mask": torch.ones(4, 12, dtype=torch.long)} for _ in range(4)]
     batches[1]["attention_mask"][:, 9:] = 0
     return teacher, batches
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function returning a TCP port free on 127.0.0.1 (for a launcher's rendezvous)."""
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    return pick
+
+
+@pytest.fixture(scope="session")
+def horovodrun() -> str:
+    """The ``horovodrun`` launcher beside this Python (or on PATH); skips, saying so loudly, without Horovod."""
+    import shutil
+    import sys
+
+    try:
+        import horovod.torch  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"HOROVOD NOT INSTALLED ({exc}): run scripts/build_horovod.sh to test the Horovod path")
+    beside_python = Path(sys.executable).with_name("horovodrun")
+    found = str(beside_python) if beside_python.exists() else shutil.which("horovodrun")
+    if found is None:
+        pytest.fail("horovod.torch imports but the horovodrun launcher is not on PATH")
+    return found

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -137,12 +136,6 @@ def test_micro_batches_are_the_same_for_any_number_of_processes(setup):
     assert not torch.equal(batches[0]["input_ids"], one[0]["input_ids"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(cmd: list[str]) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -169,23 +162,16 @@ def single_process_run(setup):
     return out
 
 
-def test_torchrun_two_processes_match_one_process(setup, single_process_run):
+def test_torchrun_two_processes_match_one_process(setup, single_process_run, free_port):
     out = setup["root"] / "torchrun"
     _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-             str(_free_port()), str(SCRIPT), *_args(setup, out, save_steps=6, engine="torchrun")])
+             str(free_port()), str(SCRIPT), *_args(setup, out, save_steps=6, engine="torchrun")])
     _same_run(single_process_run, out)
 
 
-def test_horovodrun_two_processes_match_one_process(setup, single_process_run):
-    try:
-        import horovod.torch  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"HOROVOD NOT INSTALLED ({exc}): run scripts/build_horovod.sh to test the Horovod path")
-    launcher = Path(sys.executable).with_name("horovodrun")
-    launcher = str(launcher) if launcher.exists() else shutil.which("horovodrun")
-    assert launcher, "horovod.torch imports but the horovodrun launcher is not on PATH"
+def test_horovodrun_two_processes_match_one_process(setup, single_process_run, horovodrun):
     out = setup["root"] / "horovod"
-    _launch([launcher, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(SCRIPT),
+    _launch([horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(SCRIPT),
              *_args(setup, out, save_steps=6, engine="horovod")])
     _same_run(single_process_run, out)
 

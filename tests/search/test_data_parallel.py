@@ -1,12 +1,10 @@
-"""A search worker launched under torchrun or horovodrun: every candidate trains on both ranks (real processes); rank 0 alone
-claims trials and writes; the results match one process's up to the data-parallel split of each batch."""
+"""A search worker launched under torchrun or horovodrun: every candidate trains on both ranks (real processes);
+rank 0 alone claims trials and writes; the results match one process's up to the data-parallel split of batches."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,24 +20,11 @@ from search.errors import SearchError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launcher(engine: str) -> list[str]:
+def _launcher(engine: str, request) -> list[str]:
     if engine == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(_free_port())]
-    try:
-        import horovod.torch  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"HOROVOD NOT INSTALLED ({exc}): run scripts/build_horovod.sh to test the Horovod path")
-    launcher = Path(sys.executable).with_name("horovodrun")
-    launcher = str(launcher) if launcher.exists() else shutil.which("horovodrun")
-    assert launcher, "horovod.torch imports but the horovodrun launcher is not on PATH"
-    return [launcher, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
+        port = request.getfixturevalue("free_port")()
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    return [request.getfixturevalue("horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +35,11 @@ def single_process(search_cli, tmp_path_factory):
 
 
 @pytest.mark.parametrize("engine", ["torchrun", "horovod"])
-def test_data_parallel_worker_trains_each_candidate_on_two_ranks(engine, search_cli, single_process, tmp_path):
+def test_data_parallel_worker_trains_each_candidate_on_two_ranks(engine, search_cli, single_process, tmp_path,
+                                                                  request):
     single, parallel = single_process, tmp_path / engine
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([*_launcher(engine), "search/run_fptas.py",
+    proc = subprocess.run([*_launcher(engine, request), "search/run_fptas.py",
                            *search_cli(parallel, "--eval-batches", "2", "--engine", engine)],
                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
