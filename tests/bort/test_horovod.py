@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,14 +31,6 @@ def _worker_module():
     return module
 
 
-def _horovodrun() -> str:
-    beside_python = Path(sys.executable).with_name("horovodrun")
-    found = str(beside_python) if beside_python.exists() else shutil.which("horovodrun")
-    if found is None:
-        pytest.fail("horovod.torch imports but the horovodrun launcher is not on PATH")
-    return found
-
-
 def _grads(worker, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     model = worker.build_model(seed=0)
     worker.loss_fn(model, input_ids, mask).backward()
@@ -50,10 +41,10 @@ def test_gloo_is_built():
     assert hvd.gloo_built(), "this Horovod build has no Gloo controller: horovodrun --gloo cannot work"
 
 
-def test_two_process_average_equals_one_process_full_batch(tmp_path: Path):
+def test_two_process_average_equals_one_process_full_batch(tmp_path: Path, horovodrun: str):
     worker = _worker_module()
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    cmd = [_horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(WORKER), str(tmp_path)]
+    cmd = [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(WORKER), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"horovodrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 

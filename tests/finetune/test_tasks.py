@@ -136,27 +136,27 @@ def test_unknown_task_lists_valid_names():
     assert all(name in str(err.value) for name in TASKS)
 
 
-def test_missing_file_and_bad_rows_name_file_and_line(tmp_path):
+def test_missing_file_names_it(tmp_path):
     with pytest.raises(DataError, match=r"RTE/train.tsv: file not found"):
         get_task("RTE").read(tmp_path, "train")
-    bad = _write(tmp_path / "RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA\tB\tentailment\n1\tA\tB\tmaybe\n")
-    with pytest.raises(DataError, match=rf"{bad}:3: label 'maybe' is not in the label set of RTE"):
-        get_task("RTE").read(tmp_path, "train")
-    _write(tmp_path / "RTE/dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA only\n")
-    with pytest.raises(DataError, match=r"dev.tsv:2: expected 4 tab-separated fields, found 2"):
-        get_task("RTE").read(tmp_path, "dev")
-    _write(tmp_path / "STS-B/train.tsv", "index\tsentence1\tsentence2\tscore\n0\tA\tB\tfive\n")
-    with pytest.raises(DataError, match=r"train.tsv:2: score 'five' is not a number"):
-        get_task("STS-B").read(tmp_path, "train")
-    _write(tmp_path / "QNLI/train.tsv", "index\tquestion\tlabel\n")
-    with pytest.raises(DataError, match=r"QNLI/train.tsv:1: missing column 'sentence'"):
-        get_task("QNLI").read(tmp_path, "train")
-    _write(tmp_path / "CB/train.jsonl", '{"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0}\n{oops\n')
-    with pytest.raises(DataError, match=r"CB/train.jsonl:2: malformed JSON"):
-        get_task("CB").read(tmp_path, "train")
-    _write(tmp_path / "CB/val.jsonl", '{"premise": "p", "hypothesis": "h", "label": "yes", "idx": 0}\n')
-    with pytest.raises(DataError, match=r"CB/val.jsonl:1: label 'yes' is not in the label set of CB"):
-        get_task("CB").read(tmp_path, "val")
-    _write(tmp_path / "COPA/val.jsonl", '{"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "idx": 0}\n')
-    with pytest.raises(DataError, match=r"COPA/val.jsonl:1: question must be"):
-        get_task("COPA").read(tmp_path, "val")
+
+
+@pytest.mark.parametrize("task, split, path, content, error", [
+    ("RTE", "train", "RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA\tB\tentailment\n1\tA\tB\tmaybe\n",
+     r"RTE/train.tsv:3: label 'maybe' is not in the label set of RTE"),
+    ("RTE", "dev", "RTE/dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA only\n",
+     r"dev.tsv:2: expected 4 tab-separated fields, found 2"),
+    ("STS-B", "train", "STS-B/train.tsv", "index\tsentence1\tsentence2\tscore\n0\tA\tB\tfive\n",
+     r"train.tsv:2: score 'five' is not a number"),
+    ("QNLI", "train", "QNLI/train.tsv", "index\tquestion\tlabel\n", r"QNLI/train.tsv:1: missing column 'sentence'"),
+    ("CB", "train", "CB/train.jsonl", '{"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0}\n{oops\n',
+     r"CB/train.jsonl:2: malformed JSON"),
+    ("CB", "val", "CB/val.jsonl", '{"premise": "p", "hypothesis": "h", "label": "yes", "idx": 0}\n',
+     r"CB/val.jsonl:1: label 'yes' is not in the label set of CB"),
+    ("COPA", "val", "COPA/val.jsonl", '{"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "idx": 0}\n',
+     r"COPA/val.jsonl:1: question must be"),
+])
+def test_bad_rows_name_file_and_line(task, split, path, content, error, tmp_path):
+    _write(tmp_path / path, content)
+    with pytest.raises(DataError, match=error):
+        get_task(task).read(tmp_path, split)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import warnings
@@ -24,19 +23,13 @@ class PostgresUnavailable(UserWarning):
     """PostgreSQL could not be installed or started: its tests are skipped."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _skip(reason: str):
     warnings.warn(PostgresUnavailable(f"PostgreSQL tests SKIPPED: {reason}"))
     pytest.skip(f"PostgreSQL unavailable: {reason}")
 
 
 @pytest.fixture(scope="session")
-def postgres_server():
+def postgres_server(free_port):
     """Yields a function name -> URL that creates a fresh database on a private server; stops the server at the end.
 
     The server refuses to run as root, so under root it runs as the system user ``postgres``.
@@ -54,7 +47,7 @@ def postgres_server():
             _skip("running as root and there is no 'postgres' user to run the server")
         os.chown(folder, account.pw_uid, account.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     data, log = folder / "data", folder / "server.log"
     try:
         subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "bort", "--auth=trust", "-E", "UTF8",

@@ -233,18 +233,12 @@ def test_a_trial_without_heartbeat_is_failed_and_requeued(tmp_path):
 
 # --- bad input -----------------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("url, culprit", [
-    (f"postgresql://bort:secret@127.0.0.1:{_free_port()}/study", "Connection refused"),
+    ("postgresql://bort:secret@127.0.0.1:{port}/study", "Connection refused"),
     ("nosuchdb://somewhere/study", "nosuchdb"),
 ])
-def test_unreachable_storage_fails_fast_with_one_line(url, culprit, search_cli, tmp_path, capsys):
+def test_unreachable_storage_fails_fast_with_one_line(url, culprit, search_cli, tmp_path, capsys, free_port):
+    url = url.format(port=free_port())  # a port nothing listens on
     out = tmp_path / "out"
     start = time.monotonic()
     assert main(search_cli(out, "--storage", url)) == 2
