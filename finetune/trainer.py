@@ -231,9 +231,13 @@ def _loss(task: Task, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     if task.kind == "regression":
         return F.mse_loss(logits, labels)
     if task.kind == "record":
-        # Marginal likelihood of the correct candidates (several spans may carry a correct answer).
-        log_probs = logits.log_softmax(-1)
-        return -(log_probs.masked_fill(~labels, float("-inf")).logsumexp(-1)).mean()
+        # Marginal likelihood of the correct candidates (several spans may carry a correct answer). A query whose
+        # answers match no candidate span exactly has no correct candidate: it is left out (its term would be inf).
+        answerable = labels.any(-1)
+        if not answerable.any():
+            return logits.sum() * 0.0
+        log_probs = logits[answerable].log_softmax(-1)
+        return -(log_probs.masked_fill(~labels[answerable], float("-inf")).logsumexp(-1)).mean()
     return F.cross_entropy(logits, labels)
 
 

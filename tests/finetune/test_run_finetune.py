@@ -10,7 +10,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 
 from finetune.run_finetune import main
 from finetune.tasks import get_task
-from finetune.trainer import TrainConfig, encode, load_model, load_tokenizer, set_seed, train
+from finetune.trainer import TrainConfig, _loss, encode, load_model, load_tokenizer, set_seed, train
 
 TINY = ["--max-train-examples", "48", "--max-steps", "6", "--eval-every", "3", "--max-seq-length", "64",
         "--learning-rate", "1e-3", "--batch-size", "8", "--quiet"]
@@ -101,3 +101,13 @@ def test_diagnostic_needs_a_model_with_the_same_labels(tiny_model, tmp_path, cap
     assert main(["AX-b", "--model", str(rte_model), "--data-dir", str(sg), "--output-dir", str(tmp_path / "o")]) == 0
     lines = (tmp_path / "o" / "AX-b" / "predictions" / "AX-b.jsonl").read_text().splitlines()
     assert [json.loads(x)["idx"] for x in lines] == [0, 1, 2]
+
+
+def test_record_loss_leaves_out_queries_without_a_correct_candidate():
+    logits = torch.tensor([[1.0, 2.0, 0.0], [0.5, 0.1, 0.3]], requires_grad=True)
+    labels = torch.tensor([[False, True, True], [False, False, False]])  # the second query's answer matches no span
+    loss = _loss(get_task("ReCoRD"), logits, labels)
+    loss.backward()
+    probs = torch.tensor([1.0, 2.0, 0.0]).softmax(-1)
+    assert loss.item() == pytest.approx(-torch.log(probs[1] + probs[2]).item())
+    assert torch.isfinite(logits.grad).all() and torch.equal(logits.grad[1], torch.zeros(3))
