@@ -175,7 +175,7 @@ def _run_main(setup: SearchSetup, eng: SingleProcess) -> dict:
             _add_latencies(config, inputs, [r for r in rows if r["candidate"]], teacher)
     summary = write_results(inputs.output_dir, study, rows, resolved, p_max=p_max, i_max=i_max, key_p=key_p,
                             key_i=key_i)
-    _ensure_winner_weights(inputs, tokenizer, summary, train)
+    _ensure_winner_weights(inputs, tokenizer, summary, train, key_p)
     if not config.report_only:  # every evaluation is done: the shared teacher targets are no longer needed
         teacher_outputs.remove()
     hint = redact(engine_url(config.storage)) if config.storage else \
@@ -514,7 +514,7 @@ def _follow(setup: SearchSetup, eng: SingleProcess) -> None:
 
 # --- 5. the winner -----------------------------------------------------------------------------------------------
 
-def _ensure_winner_weights(inputs, tokenizer, summary, train) -> None:
+def _ensure_winner_weights(inputs, tokenizer, summary, train, key_p: str) -> None:
     """Make ``winner/`` hold the best trial's short-trained weights (retraining it, deterministically, if a killed
     run left another architecture there or another machine's worker trained it)."""
     folder = inputs.output_dir / "winner"
@@ -526,4 +526,6 @@ def _ensure_winner_weights(inputs, tokenizer, summary, train) -> None:
             if saved["architecture"] == winner["architecture"] and saved["theta"] == winner["theta"]:
                 return
         student, _, _ = train(Architecture(**winner["architecture"]), OptimConfig(**winner["theta"]))
-        save_winner(folder, student, tokenizer, {k: winner[k] for k in ("architecture", "theta", "W", "e")})
+        # with the rank offer_winner compares, so that a resumed run's weaker trials do not replace it
+        save_winner(folder, student, tokenizer, {**{k: winner[k] for k in ("architecture", "theta", "W", "e")},
+                                                 "rank": [winner["W"], -winner[key_p]]})

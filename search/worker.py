@@ -22,7 +22,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from bort.architecture import Architecture
+from bort.architecture import Architecture, ArchitectureError
 from bort.training import OptimConfig
 from search.config import SearchConfig
 from search.fptas import w_coefficient
@@ -156,7 +156,10 @@ def run_sampled(ctx: Evaluation, study: optuna.Study, storage, n_trials: int) ->
             trial = study.ask(dists)
         storage.record_heartbeat(trial._trial_id)
         frozen = storage.get_trial(trial._trial_id)
-        name, theta = trial_key(frozen)
+        try:
+            name, theta = trial_key(frozen)
+        except ArchitectureError:  # dimensions sampled one by one: e.g. hidden_size not divisible by the heads
+            name, theta = None, None
         if name not in ctx.rows:
             trial.set_user_attr("outside_space", True)
             study.tell(trial, state=TrialState.PRUNED)
@@ -197,14 +200,14 @@ def evaluate_trial(ctx: Evaluation, study: optuna.Study, storage, trial: FrozenT
     e = terms["loss"]
     w = w_coefficient(row[ctx.key_p], row[ctx.key_i], e, ctx.p_max, ctx.i_max)
     tokens = ctx.config.batch_size * ctx.config.max_seq_length * ctx.config.steps
+    # the weights are valid even if another worker closed the trial meanwhile; a failed save must not pass for that
+    offer_winner(ctx.output_dir / "winner", student, ctx.tokenizer,
+                 {"architecture": arch.to_dict(), "theta": theta.to_dict(), "W": w, "e": e}, (w, -row[ctx.key_p]))
     try:
         for key, value in {"W": w, "terms": terms, "theta_values": theta.to_dict(), "trained": True,
                            "train_loss_first_last": [losses[0], losses[-1]], "train_seconds": seconds,
                            "tokens_per_second": tokens / seconds}.items():
             handle.set_user_attr(key, value)
-        offer_winner(ctx.output_dir / "winner", student, ctx.tokenizer,
-                     {"architecture": arch.to_dict(), "theta": theta.to_dict(), "W": w, "e": e},
-                     (w, -row[ctx.key_p]))
         study.tell(trial.number, [row[ctx.key_p], row[ctx.key_i], e])
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as exc:
         # Our heartbeat stalled past the grace period and another worker re-queued the trial: its retry counts.
