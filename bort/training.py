@@ -83,9 +83,13 @@ class TeacherOutputs:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        out = self.compute(batch)
+        out = self.miss(key, batch)
         self.remember(key, out)
         return out
+
+    def miss(self, key: object, batch: dict[str, torch.Tensor]) -> DistillOutputs:
+        """The outputs for a key not held in memory: computed here (a subclass may read them from elsewhere)."""
+        return self.compute(batch)
 
     @torch.no_grad()
     def compute(self, batch: dict[str, torch.Tensor]) -> DistillOutputs:

@@ -148,7 +148,7 @@ def _run_main(setup: SearchSetup, eng: SingleProcess) -> dict:
     for k in candidates:
         rows[k]["candidate"] = True
     if config.latency == "candidates":
-        _add_latencies(config, inputs, [rows[k] for k in candidates], teacher)
+        _add_latencies(config, inputs, [rows[k] for k in candidates])
 
     teacher_outputs, rank_train = _rank_trainer(setup, eng)
 
@@ -172,7 +172,7 @@ def _run_main(setup: SearchSetup, eng: SingleProcess) -> dict:
         for row in rows:
             row["candidate"] = row["name"] in evaluated
         if config.latency == "candidates":
-            _add_latencies(config, inputs, [r for r in rows if r["candidate"]], teacher)
+            _add_latencies(config, inputs, [r for r in rows if r["candidate"]])
     summary = write_results(inputs.output_dir, study, rows, resolved, p_max=p_max, i_max=i_max, key_p=key_p,
                             key_i=key_i)
     _ensure_winner_weights(inputs, tokenizer, summary, train, key_p)
@@ -342,7 +342,7 @@ def _measure_architectures(config: SearchConfig, inputs: Inputs, teacher: PreTra
                      "flops": flops_per_sequence(arch, config.max_seq_length, pooler=pooler),
                      "latency_ms": None, "latency_source": None, "candidate": False})
     if config.latency == "all":
-        _add_latencies(config, inputs, rows, teacher)
+        _add_latencies(config, inputs, rows)
     elif config.latency == "predicted":
         _predict_latencies(config, inputs, rows)
     return rows
@@ -359,7 +359,7 @@ def _latency_cache(config: SearchConfig, inputs: Inputs) -> LatencyCache:
                              cache_dir=config.cache_dir)
 
 
-def _add_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict], teacher: PreTrainedModel = None) -> None:
+def _add_latencies(config: SearchConfig, inputs: Inputs, rows: list[dict]) -> None:
     """Fill ``latency_ms`` of ``rows`` with measurements, reusing the profile's cache in the user cache folder, and
     record them (with the profile) in the output folder's ``latency.json``."""
     cache = _latency_cache(config, inputs)
@@ -400,7 +400,7 @@ def _maximum_point(config: SearchConfig, inputs: Inputs, rows: list[dict], teach
     if config.maximum_point == "space":
         top = max(rows, key=lambda r: (r[key_p], r["flops"]))
         if config.cost == "latency" and top["latency_ms"] is None:
-            _add_latencies(config, inputs, [top], teacher)
+            _add_latencies(config, inputs, [top])
         return top[key_p], (top["flops"] if config.cost == "flops" else top["latency_ms"])
     arch = Architecture.from_config(inputs.teacher_config)
     pooler = getattr(teacher.base_model, "pooler", None) is not None
@@ -409,7 +409,7 @@ def _maximum_point(config: SearchConfig, inputs: Inputs, rows: list[dict], teach
     if config.cost == "flops":
         return p, flops_per_sequence(arch, config.max_seq_length, pooler=pooler)
     row = {"name": "teacher", **arch.to_dict()}
-    _add_latencies(config, inputs, [row], teacher)
+    _add_latencies(config, inputs, [row])
     return p, row["latency_ms"]
 
 

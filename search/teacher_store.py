@@ -58,15 +58,9 @@ class SharedTeacherOutputs(TeacherOutputs):
         prefix, index = key
         return self.folder / f"{prefix}-{index:05d}.pt"
 
-    def __call__(self, key: tuple[str, int], batch: Batch) -> DistillOutputs:
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
+    def miss(self, key: tuple[str, int], batch: Batch) -> DistillOutputs:
         out = self._load(key)
-        if out is None:
-            out = self._compute_and_store(key, batch)
-        self.remember(key, out)
-        return out
+        return out if out is not None else self._compute_and_store(key, batch)
 
     def fill(self, keyed_batches: Sequence[tuple[tuple[str, int], Batch]]) -> None:
         """Make sure every batch's targets are on disk, computing this process's share.
