@@ -121,11 +121,15 @@ def create_waiting(study: optuna.Study, params: dict, distributions: dict) -> No
 def claim(storage: RDBStorage, trials: list[FrozenTrial]) -> FrozenTrial | None:
     """Switch the lowest-numbered WAITING trial of ``trials`` that nobody else took to RUNNING; None if none.
 
-    The trial's first heartbeat is recorded at once, so that a worker killed from here on is detected.
+    A heartbeat is recorded *before* the switch: Optuna's stale-trial check skips RUNNING trials that have no
+    heartbeat row at all, so a worker killed between the switch and its first beat would leave a trial that is never
+    failed, and every other worker would wait for it forever. Beating first costs nothing when the claim is lost
+    (the winner beats again at once).
     """
     for trial in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number):
         try:
             # FrozenTrial has no public trial-id accessor; the storage API is keyed by it.
+            storage.record_heartbeat(trial._trial_id)
             if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
                 storage.record_heartbeat(trial._trial_id)
                 return storage.get_trial(trial._trial_id)

@@ -154,6 +154,8 @@ def run_sampled(ctx: Evaluation, study: optuna.Study, storage, n_trials: int) ->
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we beat ourselves
             trial = study.ask(dists)
+        # A worker killed before this beat leaves a RUNNING trial that is never failed; unlike a planned claim
+        # nobody waits for it (the loop counts trained trials), so it only stays listed as running.
         storage.record_heartbeat(trial._trial_id)
         frozen = storage.get_trial(trial._trial_id)
         try:

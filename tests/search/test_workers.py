@@ -231,6 +231,33 @@ def test_a_trial_without_heartbeat_is_failed_and_requeued(tmp_path):
     assert retry.params == trial.params and retry.system_attrs["failed_trial"] == trial.number
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL inside one process: nothing after the raise runs, nothing is cleaned up."""
+
+
+def test_a_worker_dying_right_after_its_claim_leaves_a_trial_that_is_failed_and_requeued(tmp_path):
+    # The CI hang this guards against: a worker killed between the WAITING -> RUNNING switch and its first
+    # heartbeat left a RUNNING trial without any heartbeat row, which Optuna's stale check never fails.
+    storage, study, archs, dists = _keys_and_study(tmp_path)
+    create_waiting(study, {**archs[0].to_dict(), "theta": 0}, dists)
+    switch = storage.set_trial_state_values
+
+    def switch_then_die(trial_id, state, values=None):
+        if switch(trial_id, state, values):
+            raise _Killed
+        return False
+
+    storage.set_trial_state_values = switch_then_die
+    with pytest.raises(_Killed):
+        claim(storage, study.get_trials())
+    survivor = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=2, max_retry=1)
+    study = optuna.load_study(study_name="fptas", storage=survivor)
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    time.sleep(3.5)
+    fail_stale(study)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("url, culprit", [
