@@ -6,12 +6,19 @@ interrupted sweep resumes where it stopped and several workers started with the 
 (``heartbeat_interval``), marked failed and re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``).
 Each trial trains with early stopping on dev; its objective is the task score on the first dev split (maximised).
 Only the best trial's model is kept (``trials/trial_<n>``), and at the end it is copied to ``best/``.
+
+A fixed compute budget (``budget_steps``: optimiser steps of all trials together) turns the sweep into a
+budgeted search: each trial is cut to the steps that remain when it starts, and the study stops when none remain.
+With ``pruner="halving"`` (Optuna's asynchronous successive halving, Li et al. 2020, arXiv 1810.05934) a trial
+continues past each rung (dev evaluations at 1, 3, 9, ... times the first one's step) only while it is among the
+best third there, so the budget buys many short trials and a few long ones.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -60,6 +67,9 @@ def load_space(path: str | None) -> dict[str, list]:
     return space
 
 
+PRUNERS = ("none", "median", "halving")
+
+
 @dataclass
 class SweepConfig:
     """How the study samples and where it is stored."""
@@ -74,15 +84,21 @@ class SweepConfig:
     space: str = field(default="", metadata={"help": "JSON/YAML file: hyperparameter -> list of values (default: "
                                                      "Bort's grid, 480 points)"})
     sampler_seed: int = field(default=0, metadata={"help": "seed of the sampler (grid order, TPE)"})
-    pruner: str = field(default="none", metadata={"help": "none or median (stop trials below the median dev score)"})
+    pruner: str = field(default="none", metadata={
+        "help": "none, median (stop trials below the median dev score at the same step) or halving (successive "
+                "halving: continue only the best third at each rung)"})
+    budget_steps: int = field(default=0, metadata={
+        "help": "optimiser steps of all trials together (0: no limit); a trial is cut to the steps left when it "
+                "starts and the sweep stops when none are left (workers started at once may each take the rest)"})
     heartbeat_interval: int = field(default=60, metadata={
         "help": "seconds between a running trial's heartbeats; a trial silent for twice this is re-queued"})
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("grid", "tpe") or self.pruner not in ("none", "median"):
-            raise ValueError(f"sampler must be grid or tpe and pruner none or median, got {self.sampler}/{self.pruner}")
-        if self.n_trials < 1 or self.heartbeat_interval < 1:
-            raise ValueError("n_trials and heartbeat_interval must be >= 1")
+        if self.sampler not in ("grid", "tpe") or self.pruner not in PRUNERS:
+            raise ValueError(f"sampler must be grid or tpe and pruner one of {', '.join(PRUNERS)}, "
+                             f"got {self.sampler}/{self.pruner}")
+        if self.n_trials < 1 or self.heartbeat_interval < 1 or self.budget_steps < 0:
+            raise ValueError("n_trials and heartbeat_interval must be >= 1 and budget_steps >= 0")
 
 
 def sweep_dir(run: RunConfig) -> Path:
@@ -103,13 +119,33 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
         sampler = optuna.samplers.GridSampler(space, seed=sweep.sampler_seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=sweep.sampler_seed)
-    pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if sweep.pruner == "median" else optuna.pruners.NopPruner()
+    pruner = {"none": optuna.pruners.NopPruner,
+              "median": lambda: optuna.pruners.MedianPruner(n_warmup_steps=1),
+              # rungs at 1, 3, 9, ... times --eval-every; without it Optuna derives them from the first finished trial
+              "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
+                  min_resource=run.train.eval_every or "auto", reduction_factor=3)}[sweep.pruner]()
     return optuna.create_study(study_name=sweep.study_name or f"{run.task}-sweep", storage=storage, sampler=sampler,
                                pruner=pruner, direction="maximize", load_if_exists=True)
 
 
 def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def steps_used(study: optuna.Study) -> int:
+    """Optimiser steps the study's trials have run (a running trial's count is updated at each dev evaluation)."""
+    return sum(int(t.user_attrs.get("steps", 0)) for t in study.get_trials(deepcopy=False))
+
+
+def planned_steps(run: RunConfig, batch_size: int) -> int:
+    """The steps one run of ``run.train`` (with ``batch_size``) plans: ``max_steps``, else epochs x batches."""
+    if run.train.max_steps > 0:
+        return run.train.max_steps
+    task = get_task(run.task)
+    n = len(task.read(run.data_path, "train"))
+    if run.train.max_train_examples > 0:
+        n = min(n, run.train.max_train_examples)
+    return math.ceil(math.ceil(n / batch_size) * run.train.num_train_epochs)
 
 
 def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optuna.Study:
@@ -127,9 +163,18 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optu
     def objective(trial: optuna.Trial) -> float:
         params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
         config = replace(run, train=replace(run.train, **params))
+        if sweep.budget_steps:
+            left = sweep.budget_steps - steps_used(study)
+            if left < 1:  # another worker used the rest meanwhile
+                raise optuna.TrialPruned("no budget left")
+            planned = planned_steps(config, config.train.batch_size)
+            if left < planned:
+                config = replace(config, train=replace(config.train, max_steps=left))
+                trial.set_user_attr("cut_to_budget", f"{left} of {planned} steps")
 
         def report(step: int, score: float) -> None:
             trial.report(score, step)
+            trial.set_user_attr("steps", step)  # the budget counts pruned and running trials too
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
@@ -145,11 +190,17 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optu
             trial.set_user_attr("model_dir", str(out))
         return result.score
 
+    def stop_when_spent(study: optuna.Study, _trial) -> None:
+        if sweep.budget_steps and steps_used(study) >= sweep.budget_steps:
+            study.stop()
+
     done = _finished(study)
-    if done < sweep.n_trials:
+    spent = sweep.budget_steps and steps_used(study) >= sweep.budget_steps
+    if done < sweep.n_trials and not spent:
         logger.info("study %s: %d finished trials, running up to %d", study.study_name, done, sweep.n_trials)
         study.optimize(objective, callbacks=[MaxTrialsCallback(sweep.n_trials,
-                                                               states=(TrialState.COMPLETE, TrialState.PRUNED))],
+                                                               states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                                             stop_when_spent],
                        gc_after_trial=True)
     finalize(study, folder)
     return study

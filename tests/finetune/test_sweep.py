@@ -82,3 +82,22 @@ def test_default_space_is_borts_grid_and_bad_space_is_refused(tmp_path):
     bad.write_text("learning_rat: [0.1]\n")
     with pytest.raises(ValueError, match="'learning_rat' is not a hyperparameter"):
         load_space(str(bad))
+
+
+def test_a_budgeted_halving_sweep_spends_exactly_its_budget(tiny_model, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: [0.003, 0.001, 0.0003]\nseed: [0, 1, 2, 3]\nbatch_size: [8]\n")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["CB", "--mode", "sweep", "--model", str(tiny_model), "--output-dir", str(tmp_path / "out"),
+            "--space", str(space), "--sampler", "tpe", "--pruner", "halving", "--budget-steps", "50",
+            "--n-trials", "30", "--storage", storage, "--max-train-examples", "64", "--max-steps", "18",
+            "--eval-every", "2", "--max-seq-length", "64", "--max-eval-examples", "24", "--quiet"]
+    assert main(args) == 0
+    trials = optuna.load_study(study_name="CB-sweep", storage=storage).trials
+    steps = [t.user_attrs.get("steps", 0) for t in trials]
+    assert sum(steps) == 50 and max(steps) <= 18 and len(trials) >= 3  # 50 steps do not fit in two trials of 18
+    assert trials[-1].user_attrs.get("cut_to_budget") or trials[-1].state == TrialState.PRUNED
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert all(t.user_attrs["steps"] in (2, 6, 18) for t in pruned if "cut_to_budget" not in t.user_attrs)  # rungs
+    assert main(args) == 0  # the budget is spent: the same command trains nothing more
+    assert len(optuna.load_study(study_name="CB-sweep", storage=storage).trials) == len(trials)
