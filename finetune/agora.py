@@ -12,6 +12,8 @@ Loop, one *round* at a time:
    score, rounded to ``tie_decimals``; at least the top one);
 6. repeat while Θ is not empty (or up to ``max_rounds``); the best model over all rounds is kept in ``best/``.
 
+With ``warm_start`` the configurations of later rounds start from ``best/`` rather than from the base model.
+
 Not published, chosen here: Θ is a seeded sample of ``n_configs`` points of the sweep space (Bort's grid by default);
 an error is a wrong class, or for regression an absolute error above ``regression_error``; a regression oracle must
 reach a task score (mean of Pearson and Spearman) of 2/3. Every round appends a record to ``rounds.jsonl`` (Θ and the
@@ -69,6 +71,9 @@ class AgoraConfig:
     holdout_size: int = field(default=200, metadata={"help": "training examples held out when --mine-on holdout"})
     regression_error: float = field(default=1.0, metadata={"help": "regression: |prediction - gold| counted as error"})
     agora_seed: int = field(default=0, metadata={"help": "seed of Θ's sample, holdout split and transformations"})
+    warm_start: bool = field(default=False, metadata={
+        "help": "from the second round on, fine-tune the best model so far instead of the base model (not in the "
+                "published loop; a fixed budget then accumulates along the best lineage)"})
 
     def __post_init__(self) -> None:
         if self.mine_on not in ("dev", "holdout"):
@@ -213,11 +218,13 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
         k = state["round"]
         round_dir = folder / f"round_{k}"
         train_set = base + added
+        start = str(folder / "best") if agora.warm_start and state["best"] is not None else run.model
         for i, params in enumerate(state["theta"]):
             key = json.dumps(params, sort_keys=True)
             if key in state["scores"]:
                 continue  # done before an interruption
-            config = replace(run, train=replace(train_cfg, **params))
+            config = replace(run, model=start, tokenizer=run.tokenizer if start == run.model else "",
+                             train=replace(train_cfg, **params))
             result, model, tokenizer = run_once(config, train_examples=train_set, save=False, progress=progress)
             state["scores"][key] = result.score
             if state["round_best"] is None or result.score > state["round_best"]["score"]:
@@ -244,7 +251,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
         record = {"round": k, "theta_size": len(state["theta"]), "configs": state["theta"], "scores": scores,
                   "best_score": state["round_best"]["score"], "best_config": state["round_best"]["config"],
                   "dev_metrics": state["round_best"]["metrics"], "errors": len(errors), "generated": len(new),
-                  "added": len(new), "train_size": len(train_set), "mined_on": agora.mine_on}
+                  "added": len(new), "train_size": len(train_set), "mined_on": agora.mine_on, "started_from": start}
         _append_jsonl(folder / "rounds.jsonl", [record])
         if state["best"] is None or record["best_score"] > state["best"]["score"]:
             tmp = folder / ".best.tmp"

@@ -124,3 +124,18 @@ def test_mlm_substitution_needs_an_mlm_head(teacher_path, tmp_path):
     assert out != text and len(out.split()) >= 5
     with pytest.raises(ValueError, match="valid: perturb, mlm"):
         make_transform("backtranslate")
+
+
+def test_warm_start_trains_later_rounds_from_the_best_model_so_far(tiny_model, small_sst2, tmp_path):
+    out = tmp_path / "out"
+    oracle = tmp_path / "oracle"
+    assert main(["SST-2", "--model", str(tiny_model), "--data-dir", str(small_sst2), "--output-dir", str(oracle),
+                 "--max-steps", "90", "--eval-every", "30", "--learning-rate", "3e-3", "--warmup-fraction", "0",
+                 "--weight-decay", "0", "--early-stopping-patience", "0", "--no-predict-test", "--quiet"]) == 0
+    assert main(["SST-2", "--mode", "agora", "--model", str(tiny_model), "--oracle", str(oracle / "SST-2"),
+                 "--data-dir", str(small_sst2), "--output-dir", str(out), "--n-configs", "1", "--max-rounds", "2",
+                 "--warm-start", "--learning-rate", "1e-3", "--max-steps", "3", "--no-predict-test", "--quiet"]) == 0
+    folder = out / "SST-2" / "agora"
+    records = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
+    assert records[0]["started_from"] == str(tiny_model)
+    assert records[1]["started_from"] == str(folder / "best")
