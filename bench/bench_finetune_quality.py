@@ -1,16 +1,20 @@
 """Quality benchmark: dev scores of (a) one default fine-tuning run, (b) an Optuna sweep, (c) Agora, per task,
 with the same total training budget for the three methods (not a timed test).
 
-Budget: every method gets ``--budget-steps`` optimiser steps of ``--batch-size`` examples in total per task:
-(a) one run of that many steps with the default hyperparameters; (b) ``--trials`` trials of
-``budget / trials`` steps each; (c) Agora with ``--agora-configs`` configurations per round for ``--agora-rounds``
-rounds of ``budget / (configs * rounds)`` steps each. Agora's oracle is (a)'s model (the teacher fine-tuned with the
-default run), so the oracle costs no extra steps; where (a) is below 2/3 dev accuracy Agora refuses to run and the
-table says so. (b) and (c) sample the same space (``--space``; default Bort's grid). Training sets larger than
-``--max-train-examples`` are subsampled (seeded). Dev sets are used whole.
+Budget: every method gets ``--budget-steps`` optimiser steps of ``--batch-size`` examples in total per task, and
+every method evaluates dev every ``--eval-every`` steps and keeps its best checkpoint:
+(a) one run of that many steps with the default hyperparameters; (b) a budgeted sweep (``budget_steps``): trials of
+at most ``--trial-fraction`` of the budget, sampled from the grid, stopped by successive halving (``--pruner``)
+unless among the best third at each rung, until the budget is spent (``--trials`` caps their number);
+(c) Agora with ``--agora-configs`` configurations per round for ``--agora-rounds`` rounds of
+``budget / (configs * rounds)`` steps each, later rounds starting from the best model so far (``--agora-warm-start``).
+Agora's oracle is (a)'s model (the teacher fine-tuned with the default run), so the oracle costs no extra steps; where
+(a) is below 2/3 dev accuracy Agora refuses to run and the table says so. (b) and (c) sample the same space
+(``--space``; default Bort's grid). Training sets larger than ``--max-train-examples`` are subsampled (seeded). Dev
+sets are used whole.
 
 Usage (the numbers in the README were produced with the command printed at the top of the output):
-    OMP_NUM_THREADS=1 python bench/bench_finetune_quality.py --budget-steps 48 --output-dir outputs/bench_finetune
+    python bench/bench_finetune_quality.py --budget-steps 360 --output-dir outputs/bench_finetune
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch  # noqa: E402
 
 from finetune.agora import AgoraConfig, OracleTooWeak, run_agora  # noqa: E402
 from finetune.pipeline import RunConfig, run_once, save_trained  # noqa: E402
-from finetune.sweep import SweepConfig, run_sweep  # noqa: E402
+from finetune.sweep import SweepConfig, run_sweep, steps_used  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
 from finetune.trainer import TrainConfig  # noqa: E402
 
@@ -42,13 +46,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=TASKS, help="tasks (default: %(default)s)")
     p.add_argument("--model", default="", help="model to fine-tune (default: the local teacher all-MiniLM-L6-v2)")
-    p.add_argument("--budget-steps", type=int, default=48, help="optimiser steps per method per task (default: 48)")
+    p.add_argument("--budget-steps", type=int, default=360, help="optimiser steps per method per task (default: 360)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per step, all methods (default: 16)")
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default: 128)")
     p.add_argument("--max-train-examples", type=int, default=4000,
                    help="seeded subsample of larger training sets, e.g. SST-2's 67,349 (default: 4000)")
     p.add_argument("--learning-rate", type=float, default=5e-5, help="(a)'s learning rate (default: 5e-5)")
-    p.add_argument("--trials", type=int, default=3, help="(b): trials (default: 3)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="dev evaluation interval in steps, all methods (default: budget / 18)")
+    p.add_argument("--trials", type=int, default=40, help="(b): at most this many trials (default: 40)")
+    p.add_argument("--trial-fraction", type=float, default=0.5,
+                   help="(b): a trial's steps as a share of the budget (default: 0.5)")
+    p.add_argument("--pruner", default="halving", choices=["none", "median", "halving"],
+                   help="(b): pruner (default: %(default)s)")
+    p.add_argument("--agora-warm-start", action=argparse.BooleanOptionalAction, default=True,
+                   help="(c): later rounds start from the best model so far (default: on)")
     p.add_argument("--agora-configs", type=int, default=2, help="(c): |Θ| (default: 2)")
     p.add_argument("--agora-rounds", type=int, default=2, help="(c): rounds (default: 2)")
     p.add_argument("--space", default="", help="JSON/YAML space for (b) and (c) (default: Bort's grid)")
@@ -67,13 +79,14 @@ def main(argv=None) -> int:
     print(json.dumps(conditions))
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    eval_every = args.eval_every or max(1, args.budget_steps // 18)
     for name in args.tasks:
         task = get_task(name)
         if name in results and len(results[name]) == 3:
             continue
         base = TrainConfig(learning_rate=args.learning_rate, batch_size=args.batch_size,
                            max_seq_length=args.max_seq_length, max_train_examples=args.max_train_examples,
-                           max_steps=args.budget_steps, eval_every=max(1, args.budget_steps // 2),
+                           max_steps=args.budget_steps, eval_every=eval_every,
                            early_stopping_patience=0, warmup_fraction=0.1, weight_decay=0.01)
         run = RunConfig(task=name, model=args.model, output_dir=str(out / "a"), predict_test=False, train=base)
         row = {}
@@ -84,21 +97,25 @@ def main(argv=None) -> int:
         print(name, "a", row["a"], flush=True)
 
         t0 = time.time()
-        per_trial = replace_steps(base, args.budget_steps // args.trials)
+        per_trial = replace(base, max_steps=max(1, int(args.budget_steps * args.trial_fraction)))
         study = run_sweep(RunConfig(task=name, model=args.model, output_dir=str(out / "b"), predict_test=False,
                                     train=per_trial),
-                          SweepConfig(sampler="tpe", n_trials=args.trials, space=args.space), progress=False)
+                          SweepConfig(sampler="grid", n_trials=args.trials, space=args.space, pruner=args.pruner,
+                                      budget_steps=args.budget_steps), progress=False)
         row["b"] = {"score": study.best_value, "metrics": study.best_trial.user_attrs["dev_metrics"],
-                    "params": study.best_trial.params, "seconds": time.time() - t0}
+                    "params": study.best_trial.params, "trials": len(study.trials),
+                    "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+                    "steps": steps_used(study), "seconds": time.time() - t0}
         print(name, "b", row["b"], flush=True)
 
         t0 = time.time()
         steps = args.budget_steps // (args.agora_configs * args.agora_rounds)
         try:
             state = run_agora(RunConfig(task=name, model=args.model, output_dir=str(out / "c"), predict_test=False,
-                                        train=replace_steps(base, steps)),
+                                        train=replace(base, max_steps=max(1, steps))),
                               AgoraConfig(oracle=str(oracle), n_configs=args.agora_configs,
-                                          max_rounds=args.agora_rounds, replay=args.agora_rounds, space=args.space),
+                                          max_rounds=args.agora_rounds, replay=args.agora_rounds, space=args.space,
+                                          warm_start=args.agora_warm_start),
                               progress=False)
             row["c"] = {"score": state["best"]["score"], "metrics": state["best"]["metrics"],
                         "rounds": [{k: r[k] for k in ("round", "best_score", "errors", "added", "train_size")}
@@ -112,10 +129,6 @@ def main(argv=None) -> int:
         os.replace(tmp, results_path)
     print(table(results, get_metric_names(results)))
     return 0
-
-
-def replace_steps(config: TrainConfig, steps: int) -> TrainConfig:
-    return replace(config, max_steps=max(1, steps), eval_every=max(1, steps))  # one dev evaluation, at the end
 
 
 def get_metric_names(results: dict) -> dict:
