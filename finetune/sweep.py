@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from finetune.pipeline import RunConfig, run_once, save_trained
 from finetune.tasks import get_task
-from finetune.trainer import TrainConfig
+from finetune.trainer import TrainConfig, copy_folder
 
 logger = logging.getLogger(__name__)
 
@@ -219,11 +219,7 @@ def finalize(study: optuna.Study, folder: Path) -> None:
     best = study.best_trial
     best_dir = Path(best.user_attrs.get("model_dir", ""))
     if best.user_attrs.get("model_dir") and best_dir.is_dir():
-        tmp = folder / ".best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(best_dir, tmp)
-        shutil.rmtree(folder / "best", ignore_errors=True)
-        tmp.rename(folder / "best")
+        copy_folder(best_dir, folder / "best")
         for other in (folder / "trials").glob("trial_*"):
             if other != best_dir and other.name.split("_")[-1].isdigit() and _is_finished(study, other):
                 shutil.rmtree(other, ignore_errors=True)

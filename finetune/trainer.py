@@ -442,8 +442,24 @@ def save_run(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenize
         {"dev": result.dev_metrics, "best_step": result.best_step, "steps": result.steps,
          "truncated_sequences": result.truncated, "history": result.history}, indent=2))
     (tmp / "finetune_config.json").write_text(json.dumps(resolved_config, indent=2, default=str))
+    replace_folder(tmp, folder)
+
+
+def copy_folder(source: Path, folder: Path) -> None:
+    """Copy ``source`` to ``folder`` through a temporary sibling, so ``folder`` is never half-copied."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    replace_folder(tmp, folder)
+
+
+def replace_folder(tmp: Path, folder: Path) -> None:
+    """Put the complete folder ``tmp`` in place of ``folder``: the old one is renamed aside first and deleted last,
+    so a crash leaves either folder whole (the old one possibly under ``.NAME.old<pid>``), never a mix."""
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
         os.replace(tmp, folder)
         shutil.rmtree(old)
