@@ -38,7 +38,7 @@ from finetune.metrics import compute_metrics
 from finetune.pipeline import RunConfig, load_splits, predict_tests, run_once, save_trained
 from finetune.sweep import load_space
 from finetune.tasks import Example, Task, get_task
-from finetune.trainer import RunResult, load_model, load_tokenizer, predict, save_run, subsample
+from finetune.trainer import RunResult, copy_folder, load_model, load_tokenizer, predict, save_run, subsample
 from finetune.transforms import make_transform
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,21 @@ def _atomic_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _read_rounds_before(path: Path, round_: int) -> list[dict]:
+    """The rows of a JSONL log written by rounds before ``round_``. Rows of a round that was interrupted after it
+    appended them but before ``state.json`` moved on are dropped (and the file rewritten), so a resumed round does
+    not count its examples or its record twice."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    kept = [r for r in rows if r["round"] < round_]
+    if len(kept) < len(rows):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return kept
+
+
 def _append_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         for r in rows:
@@ -208,9 +223,9 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
     oracle, oracle_tok, oracle_acc = check_oracle(task, oracle_path, dev, run.train.max_seq_length)
     state["oracle"] = {"path": oracle_path, "dev_accuracy": oracle_acc}
 
+    _read_rounds_before(folder / "rounds.jsonl", state["round"])
     added = [Example(uid=r["uid"], texts=tuple(r["texts"]), label=r["label"])
-             for r in map(json.loads, (folder / "added.jsonl").read_text().splitlines())] \
-        if (folder / "added.jsonl").is_file() else []
+             for r in _read_rounds_before(folder / "added.jsonl", state["round"])]
     seen = {e.texts for e in train_all} | {e.texts for e in added}
     transform = make_transform(agora.transform, agora.mlm_model)
 
@@ -254,11 +269,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
                   "added": len(new), "train_size": len(train_set), "mined_on": agora.mine_on, "started_from": start}
         _append_jsonl(folder / "rounds.jsonl", [record])
         if state["best"] is None or record["best_score"] > state["best"]["score"]:
-            tmp = folder / ".best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(round_dir / "best", tmp)
-            shutil.rmtree(folder / "best", ignore_errors=True)
-            tmp.rename(folder / "best")
+            copy_folder(round_dir / "best", folder / "best")
             state["best"] = {"score": record["best_score"], "round": k, "config": record["best_config"],
                              "metrics": record["dev_metrics"]}
         shutil.rmtree(round_dir, ignore_errors=True)

@@ -62,6 +62,10 @@ def test_one_round_adds_labelled_examples_then_resumes(tiny_model, small_sst2, t
     assert json.loads((folder / "state.json").read_text())["round"] == 1
     assert (folder / "best" / "dev_metrics.json").is_file() and (folder / "rounds.png").stat().st_size > 0
 
+    # A crash in round 1 after it appended its rows but before state.json moved on: resuming must not count them.
+    for log in ("added.jsonl", "rounds.jsonl"):
+        with open(folder / log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({**json.loads((folder / log).read_text().splitlines()[0]), "round": 1}) + "\n")
     assert main([*args, "--max-rounds", "2"]) == 0  # resume: round 1 trains on the grown set
     records = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1] and records[1]["train_size"] == 48 + len(added)
