@@ -16,6 +16,7 @@ best third there, so the budget buys many short trials and a few long ones.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -137,15 +138,13 @@ def steps_used(study: optuna.Study) -> int:
     return sum(int(t.user_attrs.get("steps", 0)) for t in study.get_trials(deepcopy=False))
 
 
-def planned_steps(run: RunConfig, batch_size: int) -> int:
-    """The steps one run of ``run.train`` (with ``batch_size``) plans: ``max_steps``, else epochs x batches."""
-    if run.train.max_steps > 0:
-        return run.train.max_steps
-    task = get_task(run.task)
-    n = len(task.read(run.data_path, "train"))
-    if run.train.max_train_examples > 0:
-        n = min(n, run.train.max_train_examples)
-    return math.ceil(math.ceil(n / batch_size) * run.train.num_train_epochs)
+def planned_steps(train: TrainConfig, n_train: int) -> int:
+    """The steps one run of ``train`` plans on ``n_train`` examples: ``max_steps``, else epochs x batches."""
+    if train.max_steps > 0:
+        return train.max_steps
+    if train.max_train_examples > 0:
+        n_train = min(n_train, train.max_train_examples)
+    return math.ceil(math.ceil(n_train / train.batch_size) * train.num_train_epochs)
 
 
 def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optuna.Study:
@@ -160,6 +159,10 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optu
     (folder / "sweep_config.json").write_text(json.dumps({"run": asdict(run), "sweep": asdict(sweep),
                                                           "space": space}, indent=2, default=str))
 
+    @functools.cache
+    def train_size() -> int:  # read once per sweep, and only when a budget needs it
+        return 0 if run.train.max_steps > 0 else len(get_task(run.task).read(run.data_path, "train"))
+
     def objective(trial: optuna.Trial) -> float:
         params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
         config = replace(run, train=replace(run.train, **params))
@@ -167,7 +170,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optu
             left = sweep.budget_steps - steps_used(study)
             if left < 1:  # another worker used the rest meanwhile
                 raise optuna.TrialPruned("no budget left")
-            planned = planned_steps(config, config.train.batch_size)
+            planned = planned_steps(config.train, train_size())
             if left < planned:
                 config = replace(config, train=replace(config.train, max_steps=left))
                 trial.set_user_attr("cut_to_budget", f"{left} of {planned} steps")

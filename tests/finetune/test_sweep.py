@@ -101,3 +101,13 @@ def test_a_budgeted_halving_sweep_spends_exactly_its_budget(tiny_model, tmp_path
     assert all(t.user_attrs["steps"] in (2, 6, 18) for t in pruned if "cut_to_budget" not in t.user_attrs)  # rungs
     assert main(args) == 0  # the budget is spent: the same command trains nothing more
     assert len(optuna.load_study(study_name="CB-sweep", storage=storage).trials) == len(trials)
+
+
+def test_planned_steps_follow_max_steps_else_epochs_of_the_subsample():
+    from finetune.sweep import planned_steps
+    from finetune.trainer import TrainConfig
+
+    assert planned_steps(TrainConfig(max_steps=30), 250) == 30
+    # 100 of 250 examples in batches of 16: 7 batches per epoch, 2.5 epochs -> 17.5 -> 18 steps
+    assert planned_steps(TrainConfig(num_train_epochs=2.5, batch_size=16, max_train_examples=100), 250) == 18
+    assert planned_steps(TrainConfig(num_train_epochs=1, batch_size=16), 250) == 16
