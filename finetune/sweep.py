@@ -21,19 +21,18 @@ import json
 import logging
 import math
 import shutil
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
 import yaml
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from finetune.pipeline import RunConfig, run_once, save_trained
 from finetune.tasks import get_task
 from finetune.trainer import TrainConfig, copy_folder
+from search.storage import open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +110,10 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
     folder = sweep_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     url = sweep.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
-    with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(url, heartbeat_interval=sweep.heartbeat_interval,
-                             grace_period=2 * sweep.heartbeat_interval,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    # the search's opener: a one-line error for a bad URL, and sweep workers started together on a fresh storage
+    # do not fail on the race to create Optuna's tables
+    storage = open_storage(url, heartbeat_interval=sweep.heartbeat_interval,
+                           grace_period=2 * sweep.heartbeat_interval, max_retry=3)
     if sweep.sampler == "grid":
         sampler = optuna.samplers.GridSampler(space, seed=sweep.sampler_seed)
     else:

@@ -49,11 +49,16 @@ def engine_url(url: str) -> str:
     return re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url)
 
 
-def open_storage(url: str, *, heartbeat_interval: int, grace_period: int, max_retry: int | None) -> RDBStorage:
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retry: int | None = None) -> RDBStorage:
     """An RDB storage with heartbeats and the retry callback, after one connection attempt.
 
+    Several processes may open one fresh storage at the same moment: the one that loses the race to create Optuna's
+    tables retries once, after a second, and then finds them.
+
     url: an SQLAlchemy URL (``sqlite:///path``, ``postgresql://user:password@host:port/db``, ...);
-    heartbeat_interval, grace_period: seconds; max_retry: how often a trial whose worker died is re-queued.
+    heartbeat_interval, grace_period: seconds (None: no heartbeats, for a process that only reads or writes
+    results); max_retry: how often a trial whose worker died is re-queued (None: without limit).
 
     Raises:
         StorageError: naming the (redacted) URL and the first line of the driver's error; no retries.
@@ -70,7 +75,8 @@ def open_storage(url: str, *, heartbeat_interval: int, grace_period: int, max_re
                 storage = RDBStorage(
                     engine_url(url), engine_kwargs={"connect_args": connect_args} if connect_args else None,
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+                    heartbeat_stale_trial_callback=None if heartbeat_interval is None
+                    else RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
             if url.startswith("sqlite"):
                 _serialise_sqlite_transactions(storage.engine)
             return storage

@@ -69,6 +69,51 @@ def free_port():
 
 
 @pytest.fixture(scope="session")
+def at_once():
+    """A function ``(fn, n) -> (results, errors)``: calls ``fn()`` in ``n`` threads released together by a barrier
+    (each with its own connections, as separate processes would have); ``errors`` holds the repr of each exception."""
+    import threading
+
+    def run(fn, n: int) -> tuple[list, list[str]]:
+        barrier, results, errors = threading.Barrier(n), [], []
+
+        def call():
+            barrier.wait()
+            try:
+                results.append(fn())
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=call) for _ in range(n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        return results, errors
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def trials_so_far():
+    """A function ``(url, study_name, states=None) -> list[FrozenTrial]`` for watching a study that processes under
+    test are creating: [] until its tables and the study exist. It opens the storage as the workers do, so the watcher
+    racing them to create Optuna's tables neither fails nor makes a worker fail."""
+    import optuna
+
+    from search.storage import StorageError, open_storage
+
+    def read(url: str, study_name: str, states=None) -> list:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+            return study.get_trials(deepcopy=False, states=states)
+        except (KeyError, StorageError):  # no such study yet; tables still being created
+            return []
+
+    return read
+
+
+@pytest.fixture(scope="session")
 def horovodrun() -> str:
     """The ``horovodrun`` launcher beside this Python (or on PATH); skips, saying so loudly, without Horovod."""
     import shutil

@@ -13,19 +13,13 @@ import pytest
 from optuna.trial import TrialState
 
 from finetune.run_finetune import main
-from finetune.sweep import BORT_GRID, load_space
+from finetune.pipeline import RunConfig
+from finetune.sweep import BORT_GRID, SweepConfig, load_space, open_study
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _states(storage: str, name: str) -> list[TrialState]:
-    try:
-        return [t.state for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)]
-    except KeyError:  # study not created yet
-        return []
-
-
-def test_sweep_resumes_after_interruption(tiny_model, tmp_path):
+def test_sweep_resumes_after_interruption(tiny_model, tmp_path, trials_so_far):
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: [0.001, 0.0005]\nseed: [0]\nbatch_size: [8]\n")
     out = tmp_path / "out"
@@ -40,7 +34,7 @@ def test_sweep_resumes_after_interruption(tiny_model, tmp_path):
     try:
         deadline, running_since = time.time() + 120, None
         while time.time() < deadline and proc.poll() is None:
-            states = _states(storage, "CB-sweep")
+            states = [t.state for t in trials_so_far(storage, "CB-sweep")]
             if states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING in states:
                 running_since = running_since or time.time()
                 # Optuna records a trial's first heartbeat as the trial starts, before the model loads; a trial
@@ -111,3 +105,12 @@ def test_planned_steps_follow_max_steps_else_epochs_of_the_subsample():
     # 100 of 250 examples in batches of 16: 7 batches per epoch, 2.5 epochs -> 17.5 -> 18 steps
     assert planned_steps(TrainConfig(num_train_epochs=2.5, batch_size=16, max_train_examples=100), 250) == 18
     assert planned_steps(TrainConfig(num_train_epochs=1, batch_size=16), 250) == 16
+
+
+def test_sweep_workers_started_together_on_a_fresh_output_share_one_study(tiny_model, tmp_path, at_once):
+    # the documented way to run a sweep on several processes; the first ones used to lose the race to create
+    # Optuna's tables in the fresh study.db and stop with "table ... already exists"
+    run, sweep = RunConfig("CB", model=str(tiny_model), output_dir=str(tmp_path)), SweepConfig()
+    names, errors = at_once(lambda: open_study(run, sweep, {"learning_rate": [1e-3], "seed": [0]}).study_name, 4)
+    assert errors == [] and names == ["CB-sweep"] * 4
+    assert len(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'CB' / 'sweep' / 'study.db'}")) == 1

@@ -102,7 +102,7 @@ def test_workers_finish_one_search_evaluating_each_candidate_once(backend, worke
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])  # the multi-machine case; SQLite shares the same code path
-def test_a_worker_killed_mid_candidate_is_replaced(backend, search_cli, reference, tmp_path, request):
+def test_a_worker_killed_mid_candidate_is_replaced(backend, search_cli, reference, tmp_path, request, trials_so_far):
     if backend == "postgresql":
         storage = request.getfixturevalue("postgres_server")("killed_worker")
     else:
@@ -112,12 +112,7 @@ def test_a_worker_killed_mid_candidate_is_replaced(backend, search_cli, referenc
     victim = None
     deadline = time.monotonic() + WAIT_S
     while victim is None and time.monotonic() < deadline:
-        try:
-            study = optuna.load_study(study_name="fptas",
-                                      storage=storage.replace("postgresql://", "postgresql+psycopg2://"))
-            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
-        except KeyError:  # the study does not exist yet
-            running = []
+        running = [t for t in trials_so_far(storage, "fptas", (TrialState.RUNNING,)) if "worker" in t.user_attrs]
         if running:
             victim = running[0]
             os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
@@ -134,7 +129,8 @@ def test_a_worker_killed_mid_candidate_is_replaced(backend, search_cli, referenc
     assert_same_results(out, reference)
 
 
-def test_whole_search_killed_then_resumed_gives_the_uninterrupted_result(search_cli, reference, tmp_path):
+def test_whole_search_killed_then_resumed_gives_the_uninterrupted_result(search_cli, reference, tmp_path,
+                                                                         trials_so_far):
     out = tmp_path / "out"
     args = search_cli(out)  # the default storage: study.db in the output folder
     procs = start_workers(2, args, tmp_path / "logs")
@@ -144,11 +140,7 @@ def test_whole_search_killed_then_resumed_gives_the_uninterrupted_result(search_
     while len(finished) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
         if (out / "study.db").exists():
-            try:
-                finished = optuna.load_study(study_name="fptas", storage=storage).get_trials(
-                    states=(TrialState.COMPLETE,))
-            except (KeyError, ValueError):
-                finished = []
+            finished = trials_so_far(storage, "fptas", (TrialState.COMPLETE,))
     for proc in procs:
         os.killpg(proc.pid, signal.SIGKILL)
     assert all(p.wait(timeout=60) == -signal.SIGKILL for p in procs)
@@ -170,6 +162,23 @@ def _keys_and_study(tmp_path, heartbeat_interval=1, grace_period=2):
     study = optuna.create_study(study_name="fptas", storage=storage, directions=["minimize"] * 3)
     archs = [Architecture(1, 3, 96, i) for i in (32, 64, 128)]
     return storage, study, archs, distributions(archs, 1)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_opening_one_fresh_storage_at_once_all_succeed(backend, tmp_path, request, at_once):
+    # six openers released together race to create Optuna's tables: Optuna's own RDBStorage fails here for all but
+    # one of them on SQLite (checked: "table studies already exists"), the losers must wait and find the tables
+    url = request.getfixturevalue("postgres_server")("fresh") if backend == "postgresql" else \
+        f"sqlite:///{tmp_path / 'fresh.db'}"
+
+    def open_and_create():
+        storage = open_storage(url, heartbeat_interval=1, grace_period=2, max_retry=0)
+        optuna.create_study(study_name="fptas", storage=storage, load_if_exists=True)
+        return storage.get_study_id_from_name("fptas")
+
+    studies, errors = at_once(open_and_create, 6)
+    assert errors == []
+    assert len(studies) == 6 and len(set(studies)) == 1
 
 
 def test_two_drivers_enqueueing_at_once_still_train_each_key_once(tmp_path):
