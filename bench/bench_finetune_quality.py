@@ -33,6 +33,7 @@ from dataclasses import replace  # noqa: E402
 
 import torch  # noqa: E402
 
+from data.files import atomic_write_json  # noqa: E402
 from finetune.agora import AgoraConfig, OracleTooWeak, run_agora  # noqa: E402
 from finetune.pipeline import RunConfig, run_once, save_trained  # noqa: E402
 from finetune.sweep import SweepConfig, run_sweep, steps_used  # noqa: E402
@@ -124,9 +125,7 @@ def main(argv=None) -> int:
             row["c"] = {"score": None, "refused": str(e), "seconds": time.time() - t0}
         print(name, "c", row["c"], flush=True)
         results[name] = row
-        tmp = results_path.with_name(".results.json.tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, results_path)
+        atomic_write_json(results_path, results)
     print(table(results, get_metric_names(results)))
     return 0
 

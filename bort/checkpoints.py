@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from data.files import atomic_folder
+
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "pretraining_config.json"
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -42,18 +44,9 @@ def save_checkpoint(root: str | os.PathLike, step: int, state: dict, config: dic
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(state, tmp / STATE_FILE)
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    if final.exists():  # the same step saved again after a resume: swap, then drop the old copy
-        old = root / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    with atomic_folder(final) as tmp:  # the same step saved again after a resume replaces the old copy
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     for stale in list_checkpoints(root)[:-keep]:
         shutil.rmtree(stale)
     return final

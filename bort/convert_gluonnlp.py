@@ -42,9 +42,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -487,9 +485,9 @@ def convert(config: ConversionConfig) -> Path:
     if layout.has_decoder and layout.decoder_tied:
         assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    from data.files import atomic_folder  # here: run as a script, the project root joins sys.path only in __main__
+
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -497,16 +495,6 @@ def convert(config: ConversionConfig) -> Path:
                   "layout": dataclasses.asdict(layout), "resolved": resolved, "options": dataclasses.asdict(config),
                   "position_offset": 0 if layout.family == "bert" else resolved["pad_token_id"] + 1}
         (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "previous")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from bort.training import (
 from data.collator import MaskingCollator
 from data.corpus import PackedSequences, RankSampler, load_corpus
 from data.errors import DataError
+from data.files import atomic_folder, atomic_path, atomic_write_json
 from data.shards import open_split, tokenizer_spec
 
 logger = logging.getLogger(__name__)
@@ -254,14 +254,12 @@ class CsvLog:
             with path.open(newline="") as f:
                 rows = list(csv.DictReader(f))
             keep = [r for r in rows if int(r["step"]) <= resume_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            with tmp.open("w", newline="") as f:
+            with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
                 if rows:
                     self.fields = list(rows[0].keys())
                     writer = csv.DictWriter(f, self.fields)
                     writer.writeheader()
                     writer.writerows(keep)
-            os.replace(tmp, path)
 
     def write(self, row: dict) -> None:
         new = self.fields is None
@@ -272,12 +270,6 @@ class CsvLog:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -446,7 +438,7 @@ class _Run:
         config, eng = self.config, self.eng
         if eng.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.out / "pretraining_config.json", self.config_dict)
+            atomic_write_json(self.out / "pretraining_config.json", self.config_dict)
             from torch.utils.tensorboard import SummaryWriter
 
             resumed_at = self.step if config.resume is not None else None
@@ -567,19 +559,12 @@ class _Run:
 
     def _save_model(self, summary: dict) -> None:
         """The student as a Hugging Face folder (config, weights, tokenizer), written atomically to OUTPUT/model."""
-        folder = self.out / "model"
-        tmp = self.out / f".model.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         student = self.objective.student
         student.config.architectures = [type(student).__name__]
-        student.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        (tmp / "pretraining_result.json").write_text(json.dumps(summary, indent=2))
-        old = self.out / f".model.old-{os.getpid()}"
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_folder(self.out / "model") as tmp:
+            student.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / "pretraining_result.json").write_text(json.dumps(summary, indent=2))
 
 
 # Errors an entry point reports as bad input (exit status 2).

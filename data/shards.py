@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from data.errors import DataError
+from data.files import atomic_path
 from data.text import (
     BINARY_FRACTION,
     ENCODING_ERRORS,
@@ -231,12 +232,10 @@ def describe_sources(paths: Sequence[Path], memo: Path | None = None) -> tuple[S
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        os.fsync(f.fileno())  # on disk before the rename: a done-marker never vouches for a lost shard
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

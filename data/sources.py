@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data.errors import DataError
+from data.files import atomic_path
 from data.text import expand_path
 
 # Local files read through `datasets` (by extension) and the `datasets` builder that reads them.
@@ -46,22 +47,15 @@ def _export(dataset, target: Path, text_column: str, rows: str, label: str, show
         raise DataError(f"{label}: no column {text_column!r} (columns: {', '.join(dataset.column_names)})")
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     from tqdm.auto import tqdm
 
     sep = "\n\n" if rows == "documents" else "\n"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for batch in tqdm(dataset.iter(batch_size=1000), desc=f"export {label}", disable=not show_progress,
-                              total=(len(dataset) + 999) // 1000):
-                for text in batch[text_column]:
-                    text = (text or "").rstrip("\n")
-                    f.write(text + sep)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for batch in tqdm(dataset.iter(batch_size=1000), desc=f"export {label}", disable=not show_progress,
+                          total=(len(dataset) + 999) // 1000):
+            for text in batch[text_column]:
+                text = (text or "").rstrip("\n")
+                f.write(text + sep)
     return target
 
 

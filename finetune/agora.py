@@ -26,7 +26,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field, replace
@@ -34,11 +33,12 @@ from pathlib import Path
 
 from sklearn.metrics import accuracy_score
 
+from data.files import atomic_write_json, atomic_write_text, copy_folder
 from finetune.metrics import compute_metrics
 from finetune.pipeline import RunConfig, load_splits, predict_tests, run_once, save_trained
 from finetune.sweep import load_space
 from finetune.tasks import Example, Task, get_task
-from finetune.trainer import RunResult, copy_folder, load_model, load_tokenizer, predict, save_run, subsample
+from finetune.trainer import RunResult, load_model, load_tokenizer, predict, save_run, subsample
 from finetune.transforms import make_transform
 
 logger = logging.getLogger(__name__)
@@ -150,12 +150,6 @@ def generate(errors: list[Example], transform, per_error: int, rng: random.Rando
     return out
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _read_rounds_before(path: Path, round_: int) -> list[dict]:
     """The rows of a JSONL log written by rounds before ``round_``. Rows of a round that was interrupted after it
     appended them but before ``state.json`` moved on are dropped (and the file rewritten), so a resumed round does
@@ -165,9 +159,7 @@ def _read_rounds_before(path: Path, round_: int) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     kept = [r for r in rows if r["round"] < round_]
     if len(kept) < len(rows):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 
@@ -211,7 +203,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
     else:
         theta = sample_configurations(load_space(agora.space), agora.n_configs, agora.agora_seed)
         state = {"round": 0, "theta": theta, "scores": {}, "round_best": None, "best": None, "rep": 0}
-        _atomic_json(folder / "agora_config.json", {"run": asdict(run), "agora": asdict(agora)})
+        atomic_write_json(folder / "agora_config.json", {"run": asdict(run), "agora": asdict(agora)}, default=str)
 
     oracle_path = agora.oracle or str(folder / "oracle")
     if not agora.oracle and not (folder / "oracle" / "config.json").is_file():
@@ -247,7 +239,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
                              folder=round_dir / "best",
                              extra={"agora_round": k, "train_size": len(train_set)})
                 state["round_best"] = {"score": result.score, "config": params, "metrics": result.dev_metrics}
-            _atomic_json(state_path, state)
+            atomic_write_json(state_path, state, default=str)
 
         # (2)-(4): errors of the round's best model, new examples near them, oracle labels.
         best_model = load_model(task, str(round_dir / "best"))
@@ -278,7 +270,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
             state["theta"] = prune(state["theta"], scores, agora.tie_decimals)
             state["rep"] = 0
         state.update(round=k + 1, scores={}, round_best=None)
-        _atomic_json(state_path, state)
+        atomic_write_json(state_path, state, default=str)
         logger.info("Agora %s round %d: best dev %.4f, %d errors, %d added, Θ now %d", task.name, k,
                     record["best_score"], len(errors), len(new), len(state["theta"]))
 

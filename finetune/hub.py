@@ -11,9 +11,9 @@ differs from the files'); test rows (label -1) stay unlabelled. MultiRC, ReCoRD 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from data.files import atomic_path
 from finetune.tasks import DataError, Task
 
 # task -> (hub dataset, configuration, {official split name: hub split}, {official column: hub column})
@@ -66,10 +66,8 @@ def _label(task: Task, row: dict, names: list[str] | None):
 
 def write_split(task: Task, rows, names: list[str] | None, path: Path) -> None:
     """Write hub ``rows`` (dicts) as the official file ``path`` (a temporary name, then moved into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     _, _, _, columns = HUB_TASKS[task.name]
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         if task.benchmark == "glue":
             label_column = _GLUE_LABEL.get(task.name, "label")
             rows = list(rows)
@@ -91,7 +89,6 @@ def write_split(task: Task, rows, names: list[str] | None, path: Path) -> None:
                 if label is not None:
                     out["label"] = label
                 f.write(json.dumps(out) + "\n")
-    os.replace(tmp, path)
 
 
 def materialise(task: Task, splits: dict, folder: Path) -> Path:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data.files import atomic_write_json
 from data.resources import data_root, default_glue_dir, default_superglue_dir, default_teacher
 from finetune.hub import load_from_hub
 from finetune.metrics import compute_metrics
@@ -132,7 +132,7 @@ def save_trained(config: RunConfig, task: Task, model, tokenizer, result: RunRes
         predictions = predict_tests(task, model, tokenizer, data_dir, folder / "predictions",
                                     config.train.max_seq_length)
         if predictions:
-            (folder / "predictions" / "index.json").write_text(json.dumps(predictions, indent=2))
+            atomic_write_json(folder / "predictions" / "index.json", predictions)
     return folder
 
 

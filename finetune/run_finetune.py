@@ -23,6 +23,7 @@ import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 
+from data.files import atomic_write_text  # noqa: E402
 from finetune.tasks import TASKS, DataError  # noqa: E402
 
 
@@ -88,11 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
         table = summary_table(rows)
         print(table)
-        out = Path(args.output_dir) / "summary.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(".summary.md.tmp")
-        tmp.write_text(table)
-        os.replace(tmp, out)
+        atomic_write_text(Path(args.output_dir) / "summary.md", table)
     return 0
 
 

@@ -15,18 +15,11 @@ Files are written under a temporary name and moved into place, so a failure leav
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
+from data.files import atomic_write_text
 from finetune.tasks import Example, Task
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def format_label(task: Task, prediction) -> str | int | float:
@@ -58,7 +51,7 @@ def write_submission(task: Task, name: str, examples: Sequence[Example], predict
         for e, p in zip(examples, predictions):
             value = format_label(task, p)
             lines.append(f"{e.key['index']}\t{value:.3f}" if task.kind == "regression" else f"{e.key['index']}\t{value}")
-        _atomic_write(path, "\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")
         return path
     if task.kind == "multirc":
         rows = _multirc_nested(task, examples, predictions)
@@ -69,7 +62,7 @@ def write_submission(task: Task, name: str, examples: Sequence[Example], predict
                 for e, p in zip(examples, predictions)]
     else:
         rows = [{"idx": e.key["idx"], "label": format_label(task, p)} for e, p in zip(examples, predictions)]
-    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 

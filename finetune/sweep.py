@@ -17,7 +17,6 @@ best third there, so the budget buys many short trials and a few long ones.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import shutil
@@ -29,9 +28,10 @@ import yaml
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from data.files import atomic_path, atomic_write_json, copy_folder
 from finetune.pipeline import RunConfig, run_once, save_trained
 from finetune.tasks import get_task
-from finetune.trainer import TrainConfig, copy_folder
+from finetune.trainer import TrainConfig
 from search.storage import open_storage
 
 logger = logging.getLogger(__name__)
@@ -154,8 +154,8 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optu
     space = load_space(sweep.space)
     study = open_study(run, sweep, space)
     folder = sweep_dir(run)
-    (folder / "sweep_config.json").write_text(json.dumps({"run": asdict(run), "sweep": asdict(sweep),
-                                                          "space": space}, indent=2, default=str))
+    atomic_write_json(folder / "sweep_config.json", {"run": asdict(run), "sweep": asdict(sweep), "space": space},
+                      default=str)
 
     @functools.cache
     def train_size() -> int:  # read once per sweep, and only when a budget needs it
@@ -224,7 +224,8 @@ def finalize(study: optuna.Study, folder: Path) -> None:
         for other in (folder / "trials").glob("trial_*"):
             if other != best_dir and other.name.split("_")[-1].isdigit() and _is_finished(study, other):
                 shutil.rmtree(other, ignore_errors=True)
-    study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+    with atomic_path(folder / "trials.csv") as tmp:
+        study.trials_dataframe().to_csv(tmp, index=False)
     from finetune.report import plot_sweep
 
     plot_sweep(study, folder / "history.png")

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,6 +36,7 @@ from transformers import (
     set_seed,  # Python, NumPy and torch generators (and CUDA where present) from one seed
 )
 
+from data.files import atomic_folder
 from finetune.metrics import compute_metrics
 from finetune.tasks import DataError, Example, Task
 
@@ -427,36 +427,10 @@ def save_run(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenize
              resolved_config: dict) -> None:
     """Write the model (``save_pretrained``, loadable with ``AutoModel``), tokenizer, ``dev_metrics.json`` and
     ``finetune_config.json`` into ``folder`` through a temporary sibling folder, replacing ``folder`` at the end."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "dev_metrics.json").write_text(json.dumps(
-        {"dev": result.dev_metrics, "best_step": result.best_step, "steps": result.steps,
-         "truncated_sequences": result.truncated, "history": result.history}, indent=2))
-    (tmp / "finetune_config.json").write_text(json.dumps(resolved_config, indent=2, default=str))
-    replace_folder(tmp, folder)
-
-
-def copy_folder(source: Path, folder: Path) -> None:
-    """Copy ``source`` to ``folder`` through a temporary sibling, so ``folder`` is never half-copied."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    replace_folder(tmp, folder)
-
-
-def replace_folder(tmp: Path, folder: Path) -> None:
-    """Put the complete folder ``tmp`` in place of ``folder``: the old one is renamed aside first and deleted last,
-    so a crash leaves either folder whole (the old one possibly under ``.NAME.old<pid>``), never a mix."""
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "dev_metrics.json").write_text(json.dumps(
+            {"dev": result.dev_metrics, "best_step": result.best_step, "steps": result.steps,
+             "truncated_sequences": result.truncated, "history": result.history}, indent=2))
+        (tmp / "finetune_config.json").write_text(json.dumps(resolved_config, indent=2, default=str))

@@ -30,8 +30,9 @@ from transformers import PretrainedConfig
 from bort.architecture import Architecture
 from bort.latency import LatencyProfile, describe_device, measure_latency
 from bort.modeling import build_student
+from data.files import atomic_write_json
 from data.sources import default_cache_dir
-from search.report import atomic_write_json, file_lock
+from search.report import file_lock
 
 LATENCY_VOCAB_SIZE = 1024
 """Latency models get a small vocabulary: an embedding lookup costs the same whatever the table's size, and

@@ -8,8 +8,6 @@ import fcntl
 import io
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -18,39 +16,21 @@ matplotlib.use("Agg")  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
+from data.files import atomic_folder, atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
 from search.space import DIMENSIONS  # noqa: E402
 
 COLUMNS = ("name", *DIMENSIONS, "params_total", "params_effective", "flops", "latency_ms", "candidate", "e", "W",
            "theta", "pareto", "winner")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def save_winner(folder: Path, model, tokenizer, info: dict) -> None:
     """Write a Hugging Face folder (config, weights, tokenizer, search_result.json) atomically in place of ``folder``.
 
     Call under :func:`winner_lock` when several workers share the folder."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "search_result.json").write_text(json.dumps(info, indent=2))
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old.exists():
-        shutil.rmtree(old)
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "search_result.json").write_text(json.dumps(info, indent=2))
 
 
 @contextlib.contextmanager
@@ -179,7 +159,6 @@ def plot_search(rows: list[dict], path: Path, *, key_p: str, key_i: str) -> None
     right.set(xlabel=size_label, ylabel="W-coefficient (larger is better)", title="W of the trained candidates")
     right.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)

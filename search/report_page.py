@@ -8,7 +8,6 @@ open the study in ``optuna-dashboard``.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -19,14 +18,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from search.report import atomic_write_text  # noqa: E402
+from data.files import atomic_path, atomic_write_text  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_pareto(study: optuna.Study, path: Path, names: list[str]) -> None:

@@ -36,11 +36,12 @@ from bort.modeling import build_or_extract, has_mlm_head, load_teacher, load_tea
 from bort.training import OptimConfig, distill, evaluate
 from data.collator import MaskingCollator
 from data.corpus import load_corpus
+from data.files import atomic_write_json
 from data.resources import default_corpus, default_teacher
 from search.config import SearchConfig
 from search.fptas import interval_candidates
 from search.latency import LatencyCache, fit_predictor, measure_architectures, predict, sample_for_fit
-from search.report import atomic_write_json, save_winner, winner_lock, write_results
+from search.report import save_winner, winner_lock, write_results
 from search.report_page import write_report_page
 from search.storage import engine_url, open_storage, redact
 from search.teacher_store import SharedTeacherOutputs, targets_digest
