@@ -43,7 +43,7 @@ from search.fptas import interval_candidates
 from search.latency import LatencyCache, fit_predictor, measure_architectures, predict, sample_for_fit
 from search.report import save_winner, winner_lock, write_results
 from search.report_page import write_report_page
-from search.storage import engine_url, open_storage, redact
+from search.storage import engine_url, open_defined_study, open_storage, redact
 from search.teacher_store import SharedTeacherOutputs, targets_digest
 from search.worker import Evaluation, run_planned, run_sampled, trial_key
 from search.space import DIMENSIONS, default_space, load_space
@@ -294,26 +294,19 @@ def study_name(config: SearchConfig) -> str:
 
 
 def _open_study(config: SearchConfig, inputs: Inputs, resolved: dict, storage) -> optuna.Study:
-    """The study of this search; refuses one created with different search-defining settings.
-
-    Two drivers that create the study at the same moment both write the same settings; a driver whose settings
-    lost that race sees the other's on its re-read and stops.
-    """
+    """The study of this search; refuses one created with different search-defining settings (see
+    :func:`search.storage.open_defined_study` for two drivers creating it at the same moment)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     inputs.output_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name=study_name(config), storage=storage, load_if_exists=True,
-                                directions=["minimize", "minimize", "minimize"])
     defining = _defining_settings(config, resolved)
-    where = redact(config.storage) if config.storage else str(inputs.output_dir / "study.db")
-    stored = study.user_attrs.get("defining_settings")
-    if stored is None:
-        study.set_user_attr("defining_settings", defining)
+    study, created, stored = open_defined_study(storage, study_name(config), ["minimize"] * 3, defining)
+    if created:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([f"p ({config.parameter_count} parameters)", f"i ({config.cost})",
                                     "e (held-out loss)"])
-        stored = optuna.load_study(study_name=study.study_name, storage=storage).user_attrs["defining_settings"]
     if stored != defining:
+        where = redact(config.storage) if config.storage else str(inputs.output_dir / "study.db")
         differing = sorted(k for k in set(stored) | set(defining) if stored.get(k) != defining.get(k))
         raise SearchError(f"the study {study.study_name!r} in {where} was created with other settings "
                           f"({', '.join(differing)}); use another --output-dir or --storage")

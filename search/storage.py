@@ -119,6 +119,41 @@ def _lost_creation_race(detail: list[str]) -> bool:
     return "already exists" in text or "duplicate key value" in text or "UNIQUE constraint failed" in text
 
 
+DEFINITION_ATTR = "defining_settings"
+
+
+def open_defined_study(storage: RDBStorage, study_name: str, directions: list[str], definition: dict, *,
+                       wait_s: float = 60.0, poll_s: float = 0.2) -> tuple[optuna.Study, bool, dict]:
+    """Create the study and store ``definition`` (JSON-able) in its user attribute ``defining_settings``, or load it
+    and return the definition it was created with, for the caller to compare.
+
+    Only the process whose ``create_study`` succeeds writes the definition (the storage's unique study name decides),
+    so two drivers started on one fresh study at the same moment with different settings cannot both write theirs
+    and both go on. Any other process waits up to ``wait_s`` seconds for the creator to write it; a study still
+    without one after that and without trials (its creator died in between) gets ``definition``.
+
+    Returns:
+        (study, whether this call wrote the definition, the stored definition).
+    """
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, directions=directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        deadline = time.monotonic() + wait_s
+        while True:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            stored = study.user_attrs.get(DEFINITION_ATTR)
+            if stored is not None:
+                return study, False, stored
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(poll_s)
+        if study.get_trials(deepcopy=False):
+            raise StorageError(f"the study {study_name!r} has trials but no {DEFINITION_ATTR!r} attribute: it was "
+                               f"not created by this tool")
+    study.set_user_attr(DEFINITION_ATTR, definition)
+    return study, True, definition
+
+
 def create_waiting(study: optuna.Study, params: dict, distributions: dict) -> None:
     """Queue one trial with fixed ``params`` for any worker to claim."""
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=params, distributions=distributions))

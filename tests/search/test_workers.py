@@ -22,7 +22,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search.run_fptas import main
-from search.storage import claim, create_waiting, duplicate_of, fail_stale, open_storage
+from search.storage import (StorageError, claim, create_waiting, duplicate_of, fail_stale, open_defined_study,
+                            open_storage)
 from search.worker import distributions, trial_key
 from bort.architecture import Architecture
 
@@ -179,6 +180,40 @@ def test_processes_opening_one_fresh_storage_at_once_all_succeed(backend, tmp_pa
     studies, errors = at_once(open_and_create, 6)
     assert errors == []
     assert len(studies) == 6 and len(set(studies)) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_drivers_of_different_searches_on_one_fresh_study_do_not_both_go_on(backend, tmp_path, request, at_once,
+                                                                              monkeypatch):
+    url = request.getfixturevalue("postgres_server")("defined") if backend == "postgresql" else \
+        f"sqlite:///{tmp_path / 'defined.db'}"
+    write = optuna.study.Study.set_user_attr
+
+    def slow_write(self, key, value):  # the creator is slow to record its settings: the window of the race
+        time.sleep(1.0)
+        write(self, key, value)
+
+    monkeypatch.setattr(optuna.study.Study, "set_user_attr", slow_write)
+    definitions = iter([{"space": "A"}, {"space": "B"}])
+
+    def driver():
+        mine = next(definitions)
+        _, created, stored = open_defined_study(open_storage(url), "fptas", ["minimize"] * 3, mine, wait_s=30)
+        return created, stored == mine
+
+    outcomes, errors = at_once(driver, 2)
+    assert errors == []
+    assert sorted(outcomes) == [(False, False), (True, True)]  # one wrote its settings; the other sees a mismatch
+
+
+def test_a_study_whose_creator_died_before_recording_its_settings_is_adopted_if_empty(tmp_path):
+    url = f"sqlite:///{tmp_path / 'orphan.db'}"
+    optuna.create_study(study_name="fptas", storage=url, directions=["minimize"] * 3)
+    _, created, stored = open_defined_study(open_storage(url), "fptas", ["minimize"] * 3, {"space": "A"}, wait_s=0.3)
+    assert created and stored == {"space": "A"}
+    optuna.create_study(study_name="other", storage=url, directions=["minimize"] * 3).enqueue_trial({})
+    with pytest.raises(StorageError, match="not created by this tool"):
+        open_defined_study(open_storage(url), "other", ["minimize"] * 3, {"space": "A"}, wait_s=0.3)
 
 
 def test_two_drivers_enqueueing_at_once_still_train_each_key_once(tmp_path):
