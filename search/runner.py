@@ -187,14 +187,16 @@ def _run_main(setup: SearchSetup, eng: SingleProcess) -> dict:
     return summary
 
 
-def _teacher_row(config: SearchConfig, inputs: Inputs, teacher: PreTrainedModel) -> dict:
-    """The teacher's size, FLOPs and measured latency under the search's latency profile (cached per profile)."""
+def _teacher_row(config: SearchConfig, inputs: Inputs, teacher: PreTrainedModel, latency: bool = True) -> dict:
+    """The teacher's size and FLOPs, and (``latency``) its measured latency under the search's latency profile
+    (cached per profile)."""
     arch = Architecture.from_config(inputs.teacher_config)
     pooler = getattr(teacher.base_model, "pooler", None) is not None
     params = count_parameters(arch, inputs.teacher_config, pooler=pooler)
     row = {"name": "teacher", **arch.to_dict(), "params_total": params.total, "params_effective": params.effective,
            "flops": flops_per_sequence(arch, config.max_seq_length, pooler=pooler)}
-    _add_latencies(config, inputs, [row])
+    if latency:
+        _add_latencies(config, inputs, [row])
     return row
 
 
@@ -396,15 +398,8 @@ def _maximum_point(config: SearchConfig, inputs: Inputs, rows: list[dict], teach
         if config.cost == "latency" and top["latency_ms"] is None:
             _add_latencies(config, inputs, [top])
         return top[key_p], (top["flops"] if config.cost == "flops" else top["latency_ms"])
-    arch = Architecture.from_config(inputs.teacher_config)
-    pooler = getattr(teacher.base_model, "pooler", None) is not None
-    params = count_parameters(arch, inputs.teacher_config, pooler=pooler)
-    p = params.effective if config.parameter_count == "effective" else params.total
-    if config.cost == "flops":
-        return p, flops_per_sequence(arch, config.max_seq_length, pooler=pooler)
-    row = {"name": "teacher", **arch.to_dict()}
-    _add_latencies(config, inputs, [row])
-    return p, row["latency_ms"]
+    row = _teacher_row(config, inputs, teacher, latency=config.cost == "latency")
+    return row[key_p], (row["flops"] if config.cost == "flops" else row["latency_ms"])
 
 
 # --- 4. training the candidates ----------------------------------------------------------------------------------
