@@ -61,7 +61,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
     results); max_retry: how often a trial whose worker died is re-queued (None: without limit).
 
     Raises:
-        StorageError: naming the (redacted) URL and the first line of the driver's error; no retries.
+        StorageError: naming the (redacted) URL and the first line of the driver's error (a connection error is
+            not retried).
     """
     connect_args: dict = {}
     if url.startswith("sqlite"):
