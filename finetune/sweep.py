@@ -17,6 +17,7 @@ best third there, so the budget buys many short trials and a few long ones.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import shutil
@@ -32,7 +33,7 @@ from data.files import atomic_path, atomic_write_json, copy_folder
 from finetune.pipeline import RunConfig, run_once, save_trained
 from finetune.tasks import get_task
 from finetune.trainer import TrainConfig
-from search.storage import open_storage
+from search.storage import differing_settings, open_defined_study, open_storage, redact
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,13 @@ def sweep_dir(run: RunConfig) -> Path:
 
 
 def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> optuna.Study:
-    """Create or load the study (same name and storage = same study, shared and resumable)."""
+    """Create or load the study (same name and storage = same study, shared and resumable).
+
+    Raises:
+        ValueError: the study exists and was created with other defining settings (task, model, space, or the
+            training settings the space does not sweep), naming those that differ; its results would not compare.
+        StorageError: the storage cannot be opened.
+    """
     folder = sweep_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     url = sweep.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
@@ -123,8 +130,15 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
               # rungs at 1, 3, 9, ... times --eval-every; without it Optuna derives them from the first finished trial
               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
                   min_resource=run.train.eval_every or "auto", reduction_factor=3)}[sweep.pruner]()
-    return optuna.create_study(study_name=sweep.study_name or f"{run.task}-sweep", storage=storage, sampler=sampler,
-                               pruner=pruner, direction="maximize", load_if_exists=True)
+    name = sweep.study_name or f"{run.task}-sweep"
+    defining = json.loads(json.dumps({"task": run.task, "model": run.model, "space": space, "train": {
+        k: v for k, v in asdict(run.train).items() if k not in space}}, default=str))  # the JSON form, as stored
+    _, _, stored = open_defined_study(storage, name, ["maximize"], defining)
+    if stored != defining:
+        raise ValueError(f"the study {name!r} in {redact(url)} was created with other settings "
+                         f"({', '.join(differing_settings(stored, defining))}); use another --output-dir, "
+                         f"--study-name or --storage")
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
 def _finished(study: optuna.Study) -> int:

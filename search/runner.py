@@ -43,7 +43,7 @@ from search.fptas import interval_candidates
 from search.latency import LatencyCache, fit_predictor, measure_architectures, predict, sample_for_fit
 from search.report import save_winner, winner_lock, write_results
 from search.report_page import write_report_page
-from search.storage import engine_url, open_defined_study, open_storage, redact
+from search.storage import differing_settings, engine_url, open_defined_study, open_storage, redact
 from search.teacher_store import SharedTeacherOutputs, targets_digest
 from search.worker import Evaluation, run_planned, run_sampled, trial_key
 from search.space import DIMENSIONS, default_space, load_space
@@ -309,9 +309,8 @@ def _open_study(config: SearchConfig, inputs: Inputs, resolved: dict, storage) -
                                     "e (held-out loss)"])
     if stored != defining:
         where = redact(config.storage) if config.storage else str(inputs.output_dir / "study.db")
-        differing = sorted(k for k in set(stored) | set(defining) if stored.get(k) != defining.get(k))
         raise SearchError(f"the study {study.study_name!r} in {where} was created with other settings "
-                          f"({', '.join(differing)}); use another --output-dir or --storage")
+                          f"({', '.join(differing_settings(stored, defining))}); use another --output-dir or --storage")
     return study
 
 

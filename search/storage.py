@@ -155,6 +155,18 @@ def open_defined_study(storage: RDBStorage, study_name: str, directions: list[st
     return study, True, definition
 
 
+def differing_settings(stored: dict, defining: dict, prefix: str = "") -> list[str]:
+    """The dotted names of the settings whose values differ between two definitions (nested dicts key by key)."""
+    out: list[str] = []
+    for key in sorted(set(stored) | set(defining)):
+        a, b = stored.get(key), defining.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differing_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
 def create_waiting(study: optuna.Study, params: dict, distributions: dict) -> None:
     """Queue one trial with fixed ``params`` for any worker to claim."""
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=params, distributions=distributions))

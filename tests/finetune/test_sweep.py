@@ -1,5 +1,6 @@
 """A two-trial sweep on a tiny model, killed during its second trial, then resumed from its storage."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -114,3 +115,16 @@ def test_sweep_workers_started_together_on_a_fresh_output_share_one_study(tiny_m
     names, errors = at_once(lambda: open_study(run, sweep, {"learning_rate": [1e-3], "seed": [0]}).study_name, 4)
     assert errors == [] and names == ["CB-sweep"] * 4
     assert len(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'CB' / 'sweep' / 'study.db'}")) == 1
+
+
+def test_a_sweep_study_of_other_settings_is_refused_naming_them(tiny_model, tmp_path):
+    run, sweep = RunConfig("CB", model=str(tiny_model), output_dir=str(tmp_path)), SweepConfig()
+    space = {"learning_rate": [1e-3, 5e-4], "seed": [0]}
+    first = open_study(run, sweep, space)
+    first.enqueue_trial({"learning_rate": 1e-3, "seed": 0})
+    assert len(open_study(run, sweep, space).trials) == 1  # the same settings: the same study, resumed
+    with pytest.raises(ValueError, match=r"other settings \(space\.learning_rate\)"):
+        open_study(run, sweep, {"learning_rate": [1e-4], "seed": [0]})
+    shorter = dataclasses.replace(run, train=dataclasses.replace(run.train, max_steps=7))
+    with pytest.raises(ValueError, match=r"other settings \(train\.max_steps\)"):
+        open_study(shorter, sweep, space)
