@@ -17,7 +17,6 @@ best third there, so the budget buys many short trials and a few long ones.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import shutil
@@ -33,7 +32,7 @@ from data.files import atomic_path, atomic_write_json, copy_folder
 from finetune.pipeline import RunConfig, run_once, save_trained
 from finetune.tasks import get_task
 from finetune.trainer import TrainConfig
-from search.storage import differing_settings, open_defined_study, open_storage, redact
+from search.storage import open_defined_study, open_storage, redact
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +109,8 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
     """Create or load the study (same name and storage = same study, shared and resumable).
 
     Raises:
-        ValueError: the study exists and was created with other defining settings (task, model, space, or the
-            training settings the space does not sweep), naming those that differ; its results would not compare.
-        StorageError: the storage cannot be opened.
+        StorageError (a ValueError): the storage cannot be opened, or the study was created with other defining
+            settings (task, model, space, or the training settings the space does not sweep), naming them.
     """
     folder = sweep_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,13 +129,10 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
                   min_resource=run.train.eval_every or "auto", reduction_factor=3)}[sweep.pruner]()
     name = sweep.study_name or f"{run.task}-sweep"
-    defining = json.loads(json.dumps({"task": run.task, "model": run.model, "space": space, "train": {
-        k: v for k, v in asdict(run.train).items() if k not in space}}, default=str))  # the JSON form, as stored
-    _, _, stored = open_defined_study(storage, name, ["maximize"], defining)
-    if stored != defining:
-        raise ValueError(f"the study {name!r} in {redact(url)} was created with other settings "
-                         f"({', '.join(differing_settings(stored, defining))}); use another --output-dir, "
-                         f"--study-name or --storage")
+    defining = {"task": run.task, "model": run.model, "space": space,
+                "train": {k: v for k, v in asdict(run.train).items() if k not in space}}
+    open_defined_study(storage, name, ["maximize"], defining, where=redact(url),
+                       hint="use another --output-dir, --study-name or --storage")
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 

@@ -43,7 +43,7 @@ from search.fptas import interval_candidates
 from search.latency import LatencyCache, fit_predictor, measure_architectures, predict, sample_for_fit
 from search.report import save_winner, winner_lock, write_results
 from search.report_page import write_report_page
-from search.storage import differing_settings, engine_url, open_defined_study, open_storage, redact
+from search.storage import engine_url, open_defined_study, open_storage, redact
 from search.teacher_store import SharedTeacherOutputs, targets_digest
 from search.worker import Evaluation, run_planned, run_sampled, trial_key
 from search.space import DIMENSIONS, default_space, load_space
@@ -300,17 +300,15 @@ def _open_study(config: SearchConfig, inputs: Inputs, resolved: dict, storage) -
     :func:`search.storage.open_defined_study` for two drivers creating it at the same moment)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     inputs.output_dir.mkdir(parents=True, exist_ok=True)
-    defining = _defining_settings(config, resolved)
-    study, created, stored = open_defined_study(storage, study_name(config), ["minimize"] * 3, defining)
+    where = redact(config.storage) if config.storage else str(inputs.output_dir / "study.db")
+    study, created = open_defined_study(storage, study_name(config), ["minimize"] * 3,
+                                        _defining_settings(config, resolved), where=where,
+                                        hint="use another --output-dir or --storage")
     if created:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([f"p ({config.parameter_count} parameters)", f"i ({config.cost})",
                                     "e (held-out loss)"])
-    if stored != defining:
-        where = redact(config.storage) if config.storage else str(inputs.output_dir / "study.db")
-        raise SearchError(f"the study {study.study_name!r} in {where} was created with other settings "
-                          f"({', '.join(differing_settings(stored, defining))}); use another --output-dir or --storage")
     return study
 
 
@@ -322,7 +320,7 @@ def _defining_settings(config: SearchConfig, resolved: dict) -> dict:
     out = {k: config.to_dict()[k] for k in keys}
     out.update(teacher=r["teacher"], teacher_architecture=r["teacher_architecture"], corpus_cache=Path(
         r["corpus_cache"]).name, space=r["space"], loss_weights=r["loss_weights"], relation_heads=r["relation_heads"])
-    return json.loads(json.dumps(out))  # the JSON form, as stored
+    return out
 
 
 # --- 2. p and i for every architecture ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ Design (Optuna's RDB storage is the only shared state; nothing else is needed be
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -124,18 +125,25 @@ DEFINITION_ATTR = "defining_settings"
 
 
 def open_defined_study(storage: RDBStorage, study_name: str, directions: list[str], definition: dict, *,
-                       wait_s: float = 60.0, poll_s: float = 0.2) -> tuple[optuna.Study, bool, dict]:
-    """Create the study and store ``definition`` (JSON-able) in its user attribute ``defining_settings``, or load it
-    and return the definition it was created with, for the caller to compare.
+                       where: str, hint: str, wait_s: float = 60.0, poll_s: float = 0.2) -> tuple[optuna.Study, bool]:
+    """Create the study and store ``definition`` (its JSON form) in its user attribute ``defining_settings``, or load
+    it and check that it was created with the same definition.
 
     Only the process whose ``create_study`` succeeds writes the definition (the storage's unique study name decides),
     so two drivers started on one fresh study at the same moment with different settings cannot both write theirs
     and both go on. Any other process waits up to ``wait_s`` seconds for the creator to write it; a study still
     without one after that and without trials (its creator died in between) gets ``definition``.
 
+    where, hint: the storage as shown to the user, and what to do instead, for the error message.
+
     Returns:
-        (study, whether this call wrote the definition, the stored definition).
+        (study, whether this call created it and wrote the definition).
+
+    Raises:
+        StorageError: the study was created with another definition (naming the settings that differ), or has trials
+            but no definition.
     """
+    definition = json.loads(json.dumps(definition, default=str))  # compared in the form it is stored in
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
@@ -144,7 +152,10 @@ def open_defined_study(storage: RDBStorage, study_name: str, directions: list[st
             study = optuna.load_study(study_name=study_name, storage=storage)
             stored = study.user_attrs.get(DEFINITION_ATTR)
             if stored is not None:
-                return study, False, stored
+                if stored != definition:
+                    raise StorageError(f"the study {study_name!r} in {where} was created with other settings "
+                                       f"({', '.join(differing_settings(stored, definition))}); {hint}")
+                return study, False
             if time.monotonic() >= deadline:
                 break
             time.sleep(poll_s)
@@ -152,7 +163,7 @@ def open_defined_study(storage: RDBStorage, study_name: str, directions: list[st
             raise StorageError(f"the study {study_name!r} has trials but no {DEFINITION_ATTR!r} attribute: it was "
                                f"not created by this tool")
     study.set_user_attr(DEFINITION_ATTR, definition)
-    return study, True, definition
+    return study, True
 
 
 def differing_settings(stored: dict, defining: dict, prefix: str = "") -> list[str]:

@@ -197,23 +197,24 @@ def test_two_drivers_of_different_searches_on_one_fresh_study_do_not_both_go_on(
     definitions = iter([{"space": "A"}, {"space": "B"}])
 
     def driver():
-        mine = next(definitions)
-        _, created, stored = open_defined_study(open_storage(url), "fptas", ["minimize"] * 3, mine, wait_s=30)
-        return created, stored == mine
+        return open_defined_study(open_storage(url), "fptas", ["minimize"] * 3, next(definitions), where="here",
+                                  hint="stop", wait_s=30)[1]
 
-    outcomes, errors = at_once(driver, 2)
-    assert errors == []
-    assert sorted(outcomes) == [(False, False), (True, True)]  # one wrote its settings; the other sees a mismatch
+    created, errors = at_once(driver, 2)
+    assert created == [True]  # one wrote its settings and went on; the other saw the mismatch and stopped
+    assert len(errors) == 1 and "created with other settings (space)" in errors[0]
 
 
 def test_a_study_whose_creator_died_before_recording_its_settings_is_adopted_if_empty(tmp_path):
     url = f"sqlite:///{tmp_path / 'orphan.db'}"
     optuna.create_study(study_name="fptas", storage=url, directions=["minimize"] * 3)
-    _, created, stored = open_defined_study(open_storage(url), "fptas", ["minimize"] * 3, {"space": "A"}, wait_s=0.3)
-    assert created and stored == {"space": "A"}
+    study, created = open_defined_study(open_storage(url), "fptas", ["minimize"] * 3, {"space": "A"}, where="here",
+                                        hint="stop", wait_s=0.3)
+    assert created and study.user_attrs["defining_settings"] == {"space": "A"}
     optuna.create_study(study_name="other", storage=url, directions=["minimize"] * 3).enqueue_trial({})
     with pytest.raises(StorageError, match="not created by this tool"):
-        open_defined_study(open_storage(url), "other", ["minimize"] * 3, {"space": "A"}, wait_s=0.3)
+        open_defined_study(open_storage(url), "other", ["minimize"] * 3, {"space": "A"}, where="here", hint="stop",
+                           wait_s=0.3)
 
 
 def test_two_drivers_enqueueing_at_once_still_train_each_key_once(tmp_path):
