@@ -1,0 +1,124 @@
+"""Benchmark: the fine-tuner's training step and dev evaluation against plain baselines, same run (not a test).
+
+With the real teacher (all-MiniLM-L6-v2 + a fresh head) on a task's real files, times
+- the training step (two alternating rounds, the second kept), split into forward+backward+clipping and the
+  optimizer step, for the trainer's optimizer (fused AdamW) and for ``torch.optim.AdamW`` with its default
+  (per-parameter loop on CPU);
+- one pass over the dev set with ``finetune.trainer.predict_logits`` (length-sorted batches) and with batches in file
+  order (the baseline), checking that both give the same logits.
+Prints seconds per step / per pass, their ratios and tokens per second. Nothing else may run meanwhile.
+Usage: ``OMP_NUM_THREADS=2 python bench/bench_finetune_speed.py --task MRPC``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from bort.training import parameter_groups  # noqa: E402
+from finetune.pipeline import RunConfig, load_splits  # noqa: E402
+from finetune.tasks import get_task  # noqa: E402
+from finetune.trainer import (TrainConfig, _logits, _loss, _optimizer, encode, load_model, load_tokenizer,  # noqa: E402
+                              make_collate, predict_logits, subsample)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="MRPC", help="task whose real train/dev files are used (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="training examples per step (default: 16)")
+    p.add_argument("--eval-batch-size", type=int, default=32, help="dev examples per batch (default: 32)")
+    p.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default: 128)")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per optimizer (default: 20)")
+    p.add_argument("--repeats", type=int, default=3, help="timed dev passes per variant, best kept (default: 3)")
+    return p.parse_args(argv)
+
+
+def time_steps(task, model, batches, optimizer) -> tuple[float, float]:
+    """Mean seconds of (forward+backward+clip, optimizer step) over ``batches`` after two warm-up steps."""
+    model.train()
+    compute = update = 0.0
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        _loss(task, _logits(model, batch, task), batch["labels"]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        t1 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= 2:
+            compute, update = compute + t1 - t0, update + time.perf_counter() - t1
+    return compute / (len(batches) - 2), update / (len(batches) - 2)
+
+
+@torch.no_grad()
+def file_order_logits(model, task, features, collate, batch_size) -> np.ndarray:
+    model.eval()
+    loader = DataLoader(features, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    return np.concatenate([_logits(model, b, task).float().numpy() for b in loader])
+
+
+def best_of(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    task = get_task(args.task)
+    if task.kind != "classification" and task.kind != "regression":
+        raise SystemExit(f"--task {args.task}: pick a classification or regression task")
+    run = RunConfig(task=args.task)
+    train_examples, dev_sets = load_splits(task, run.data_path)
+    tokenizer = load_tokenizer(run.model)
+    model = load_model(task, run.model)
+    collate = make_collate(task, tokenizer.pad_token_id)
+    features, _ = encode(task, subsample(train_examples, (args.steps + 2) * args.batch_size, 0), tokenizer,
+                         args.max_seq_length)
+    batches = [collate(features[i:i + args.batch_size]) for i in range(0, len(features), args.batch_size)]
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[2:])
+    result = {"device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "dtype": "float32", "torch": torch.__version__, "task": args.task, "batch_size": args.batch_size,
+              "max_seq_length": args.max_seq_length}
+    baseline = torch.optim.AdamW(parameter_groups([model], 0.01), lr=1e-5)
+    # two alternating rounds, the second kept: the first steps of a process run slower (allocator, kernel caches)
+    fused = _optimizer(model, TrainConfig())
+    for name, optimizer in 2 * [("baseline AdamW", baseline), ("trainer (fused AdamW)", fused)]:
+        compute, update = time_steps(task, model, batches, optimizer)
+        result[name] = {"forward_backward_s": round(compute, 4), "optimizer_s": round(update, 4),
+                        "step_s": round(compute + update, 4),
+                        "train_tokens_per_s": round(tokens / (len(batches) - 2) / (compute + update))}
+    result["step_speedup"] = round(result["baseline AdamW"]["step_s"] / result["trainer (fused AdamW)"]["step_s"], 3)
+
+    dev_name, dev = next(iter(dev_sets.items()))
+    dev_features, _ = encode(task, dev, tokenizer, args.max_seq_length)
+    plain_s, plain = best_of(lambda: file_order_logits(model, task, dev_features, collate, args.eval_batch_size),
+                             args.repeats)
+    sorted_s, ours = best_of(lambda: predict_logits(model, task, dev_features, collate, args.eval_batch_size),
+                             args.repeats)
+    np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-4)
+    dev_tokens = sum(len(f["input_ids"]) for f in dev_features)
+    result["dev pass"] = {"split": dev_name, "examples": len(dev), "file_order_s": round(plain_s, 3),
+                          "length_sorted_s": round(sorted_s, 3), "speedup": round(plain_s / sorted_s, 3),
+                          "length_sorted_tokens_per_s": round(dev_tokens / sorted_s)}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
