@@ -169,8 +169,11 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
-def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict:
+def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job=run_once) -> dict:
     """Run or resume Agora for ``run.task``; returns the final state (rounds, best score and configuration).
+
+    ``run_job`` trains one configuration or the oracle (:func:`finetune.pipeline.run_once`, or a data-parallel
+    worker's :meth:`finetune.parallel.ParallelRuns.run_once`).
 
     Raises:
         ValueError: the task is not a classification or regression task.
@@ -210,7 +213,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
         logger.info("Agora %s: fine-tuning the oracle from %s", task.name, agora.oracle_base or "the teacher")
         oracle_run = RunConfig(task=task.name, model=agora.oracle_base, tokenizer="", data_dir=run.data_dir,
                                output_dir=str(folder / ".oracle_run"), predict_test=False, train=run.train)
-        _, model, tokenizer = run_once(oracle_run, train_examples=base, save=False, progress=progress)
+        _, model, tokenizer = run_job(oracle_run, train_examples=base, save=False, progress=progress)
         save_run(folder / "oracle", model, tokenizer, RunResult({}, 0, 0, [], 0), asdict(oracle_run))
     oracle, oracle_tok, oracle_acc = check_oracle(task, oracle_path, dev, run.train.max_seq_length)
     state["oracle"] = {"path": oracle_path, "dev_accuracy": oracle_acc}
@@ -232,7 +235,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True) -> dict
                 continue  # done before an interruption
             config = replace(run, model=start, tokenizer=run.tokenizer if start == run.model else "",
                              train=replace(train_cfg, **params))
-            result, model, tokenizer = run_once(config, train_examples=train_set, save=False, progress=progress)
+            result, model, tokenizer = run_job(config, train_examples=train_set, save=False, progress=progress)
             state["scores"][key] = result.score
             if state["round_best"] is None or result.score > state["round_best"]["score"]:
                 save_trained(replace(config, predict_test=False), task, model, tokenizer, result, data_dir,

@@ -94,7 +94,7 @@ def predict_tests(task: Task, model, tokenizer, data_dir: Path, folder: Path, ma
 
 
 def run_once(config: RunConfig, train_examples: list[Example] | None = None, save: bool = True,
-             on_evaluate=None, progress: bool = True) -> tuple[RunResult, object, object]:
+             on_evaluate=None, progress: bool = True, engine=None) -> tuple[RunResult, object, object]:
     """Fine-tune ``config.model`` on ``config.task``; save the best checkpoint into ``config.task_dir`` with its
     dev metrics, resolved config and test predictions (``predictions/``).
 
@@ -103,6 +103,7 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
         train_examples: training examples to use instead of the task's training file (Agora's grown set).
         save: write the model folder (a sweep saves only its best trial).
         on_evaluate: passed to :func:`finetune.trainer.train`.
+        engine: a data-parallel engine (:mod:`bort.distributed`) whose ranks all call this; only rank 0 saves.
 
     Returns:
         The run's result, the fine-tuned model (at its best dev checkpoint) and its tokenizer.
@@ -114,8 +115,8 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
     set_seed(config.train.seed)  # the fresh head's initialisation follows the configuration's seed
     model = load_model(task, config.model)
     result = train(task, model, tokenizer, train_examples if train_examples is not None else train_file_examples,
-                   dev_sets, config.train, on_evaluate=on_evaluate, progress=progress)
-    if save:
+                   dev_sets, config.train, on_evaluate=on_evaluate, progress=progress, engine=engine)
+    if save and (engine is None or engine.is_main):
         save_trained(config, task, model, tokenizer, result, data_dir)
     return result, model, tokenizer
 

@@ -6,6 +6,7 @@ Examples:
     python finetune/run_finetune.py CB --mode agora --model outputs/fptas/winner --n-configs 4
     python finetune/run_finetune.py AX --model outputs/finetune/MNLI       # a diagnostic, predicted only
     torchrun --nproc_per_node 2 finetune/run_finetune.py SST-2              # data-parallel run
+    horovodrun -np 2 python finetune/run_finetune.py CB --mode sweep       # data-parallel trials
 
 Outputs go to ``--output-dir/TASK/`` (run), ``.../sweep/`` or ``.../agora/``; a summary table of all tasks is
 printed and written to ``--output-dir/summary.md``. Exit status 2 on bad input (message on one line).
@@ -21,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 
+from bort.distributed import ENGINES, DistributedError  # noqa: E402
 from data.files import atomic_write_text  # noqa: E402
 from finetune.tasks import TASKS, DataError  # noqa: E402
 
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: from OMP_NUM_THREADS / torch's default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="data parallelism: every run (and every trial or Agora configuration) trains on all "
+                             "ranks, each on its share of every batch; 'auto' follows the launcher (torchrun or "
+                             "horovodrun; none under plain python); rank 0 alone writes (default: %(default)s)")
     seen: set[str] = set()
     add_dataclass_arguments(parser, RunConfig, "model and data", seen)
     add_dataclass_arguments(parser, TrainConfig, "training (one run, or the fixed values of a sweep/Agora)", seen)
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         rows = run_tasks(args)
-    except (DataError, ValueError, FileNotFoundError, OSError) as e:
+    except (DataError, DistributedError, ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if rows:
@@ -94,58 +99,54 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_tasks(args: argparse.Namespace) -> list[dict]:
-    """Run the chosen mode on every task; returns one summary row per task."""
-    import torch.distributed as dist
-
-    from finetune.agora import AgoraConfig, run_agora
-    from finetune.pipeline import RunConfig, predict_only, run_once
-    from finetune.sweep import SweepConfig, run_sweep
-    from finetune.tasks import get_task
+    """Run the chosen mode on every task; returns one summary row per task (none on ranks other than 0)."""
+    from bort.distributed import engine
+    from finetune.pipeline import RunConfig
     from finetune.trainer import TrainConfig
 
     train = from_args(TrainConfig, args)
     configs = [from_args(RunConfig, args, task=name, train=train) for name in args.tasks]  # validates all names first
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        if args.mode != "run":
-            raise ValueError("under torchrun only --mode run is distributed; start sweep workers as separate "
-                             "processes sharing --storage")
-        import torch
+    with engine(args.engine) as eng:
+        from finetune.parallel import ParallelRuns
 
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    rows = []
-    for run in configs:
-        task = get_task(run.task)
-        if not task.train:
-            written = predict_only(run)
-            for name, entry in written.items():
-                print(f"{task.name}: wrote {entry['file']}" + (f" {entry['metrics']}" if "metrics" in entry else ""))
-            continue
-        if args.mode == "run":
-            result, model, tokenizer = run_once(run, save=False, progress=not args.quiet)
-            if rank == 0:
-                from finetune.pipeline import save_trained
+        runs = ParallelRuns(eng)
+        if not eng.is_main:
+            runs.follow()
+            return []
+        try:
+            return [row for run in configs if (row := _run_task(args, run, runs)) is not None]
+        finally:
+            runs.finish()
 
-                folder = save_trained(run, task, model, tokenizer, result)
-                print(f"{task.name}: model and dev metrics in {folder}")
-            rows.append({"task": task.name, "method": "run", "metrics": next(iter(result.dev_metrics.values())),
-                         "score": result.score, "config": dataclasses.asdict(run.train)})
-        elif args.mode == "sweep":
-            study = run_sweep(run, from_args(SweepConfig, args), progress=not args.quiet)
-            best = study.best_trial
-            rows.append({"task": task.name, "method": f"sweep ({len(study.trials)} trials)",
-                         "metrics": next(iter(best.user_attrs["dev_metrics"].values())), "score": best.value,
-                         "config": best.params})
-        else:
-            state = run_agora(run, from_args(AgoraConfig, args), progress=not args.quiet)
-            best = state["best"]
-            rows.append({"task": task.name, "method": f"agora ({len(state['rounds'])} rounds)",
-                         "metrics": next(iter(best["metrics"].values())), "score": best["score"],
-                         "config": best["config"]})
-    if distributed:
-        dist.destroy_process_group()
-    return rows if rank == 0 else []
+
+def _run_task(args: argparse.Namespace, run, runs) -> dict | None:
+    """One task on rank 0 (training on all ranks through ``runs``); its summary row, None for a diagnostic."""
+    from finetune.agora import AgoraConfig, run_agora
+    from finetune.pipeline import predict_only, save_trained
+    from finetune.sweep import SweepConfig, run_sweep
+    from finetune.tasks import get_task
+
+    task = get_task(run.task)
+    if not task.train:
+        for name, entry in predict_only(run).items():
+            print(f"{task.name}: wrote {entry['file']}" + (f" {entry['metrics']}" if "metrics" in entry else ""))
+        return None
+    if args.mode == "run":
+        result, model, tokenizer = runs.run_once(run, save=False, progress=not args.quiet)
+        folder = save_trained(run, task, model, tokenizer, result)
+        print(f"{task.name}: model and dev metrics in {folder}")
+        return {"task": task.name, "method": "run", "metrics": next(iter(result.dev_metrics.values())),
+                "score": result.score, "config": dataclasses.asdict(run.train)}
+    if args.mode == "sweep":
+        study = run_sweep(run, from_args(SweepConfig, args), progress=not args.quiet, run_job=runs.run_once)
+        best = study.best_trial
+        return {"task": task.name, "method": f"sweep ({len(study.trials)} trials)",
+                "metrics": next(iter(best.user_attrs["dev_metrics"].values())), "score": best.value,
+                "config": best.params}
+    state = run_agora(run, from_args(AgoraConfig, args), progress=not args.quiet, run_job=runs.run_once)
+    best = state["best"]
+    return {"task": task.name, "method": f"agora ({len(state['rounds'])} rounds)",
+            "metrics": next(iter(best["metrics"].values())), "score": best["score"], "config": best["config"]}
 
 
 if __name__ == "__main__":

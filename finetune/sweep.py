@@ -154,8 +154,11 @@ def planned_steps(train: TrainConfig, n_train: int) -> int:
     return math.ceil(math.ceil(n_train / train.batch_size) * train.num_train_epochs)
 
 
-def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optuna.Study:
+def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job=run_once) -> optuna.Study:
     """Run (or resume, or join) the study until it holds ``sweep.n_trials`` finished trials; keep the best model.
+
+    ``run_job`` trains one trial (:func:`finetune.pipeline.run_once`, or a data-parallel worker's
+    :meth:`finetune.parallel.ParallelRuns.run_once`).
 
     Returns:
         The study; ``study.best_trial.user_attrs`` holds the best trial's dev metrics and its model folder.
@@ -188,7 +191,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True) -> optu
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        result, model, tokenizer = run_once(config, save=False, on_evaluate=report, progress=progress)
+        result, model, tokenizer = run_job(config, save=False, on_evaluate=report, progress=progress)
         trial.set_user_attr("dev_metrics", result.dev_metrics)
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("steps", result.steps)

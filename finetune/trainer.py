@@ -4,8 +4,10 @@ The head follows the task kind: ``AutoModelForSequenceClassification`` for class
 binary scoring) and STS-B (one output, mean-squared error); ``AutoModelForMultipleChoice`` for COPA and RACE, and for
 ReCoRD, whose candidate entities are scored as choices (a variable number per query, padded and masked).
 Optimisation is AdamW with linear warm-up and decay, no weight decay on biases and LayerNorm weights, gradient
-clipping at norm 1 (as in BERT, Devlin et al. 2019, §A.2, and Bort's fine-tuner). Under ``torchrun`` the run is
-data-parallel (``DistributedDataParallel``); rank 0 evaluates and saves.
+clipping at norm 1 (as in BERT, Devlin et al. 2019, §A.2, and Bort's fine-tuner). Under ``torchrun`` or
+``horovodrun`` the run is data-parallel through the engines of :mod:`bort.distributed` (DDP or Horovod gradient
+averaging): each rank trains on its share of every global batch, and rank 0's dev score decides checkpoints and early
+stopping on all ranks.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
@@ -36,6 +37,7 @@ from transformers import (
     set_seed,  # Python, NumPy and torch generators (and CUDA where present) from one seed
 )
 
+from bort.distributed import SingleProcess
 from bort.training import parameter_groups
 from data.files import atomic_folder
 from finetune.metrics import compute_metrics
@@ -51,7 +53,7 @@ class TrainConfig:
     learning_rate: float = field(default=2e-5, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "decoupled AdamW weight decay (Bort's grid: 0-350)"})
     warmup_fraction: float = field(default=0.1, metadata={"help": "share of the steps with linear warm-up, in [0, 1)"})
-    batch_size: int = field(default=16, metadata={"help": "examples per optimiser step (per process under torchrun)"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimiser step (per process under torchrun/horovodrun)"})
     seed: int = field(default=0, metadata={"help": "seed of the head's initialisation, data order and dropout"})
     num_train_epochs: float = field(default=3.0, metadata={"help": "passes over the training set (may be fractional)"})
     max_steps: int = field(default=0, metadata={"help": "optimiser steps; > 0 overrides --num-train-epochs"})
@@ -323,6 +325,7 @@ def train(
     config: TrainConfig,
     on_evaluate: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    engine: SingleProcess | None = None,
 ) -> RunResult:
     """Fine-tune ``model`` in place and leave it at its best dev checkpoint.
 
@@ -335,14 +338,15 @@ def train(
         config: hyperparameters.
         on_evaluate: called as ``on_evaluate(step, score)`` after each evaluation (Optuna reporting/pruning;
             may raise to abort).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (rank 0 only).
+        engine: the data-parallel engine (:func:`bort.distributed.init_engine`); default one process. Each of its
+            ranks takes ``config.batch_size`` examples per step, so the global batch is ``world_size`` times that.
 
     Returns:
         The best dev metrics (all splits, at the checkpoint chosen on the first split) and the training history.
     """
     set_seed(config.seed)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
+    engine = engine or SingleProcess()
     max_length = effective_max_length(model, config.max_seq_length)
     examples = subsample(train_examples, config.max_train_examples, config.seed)
     features, truncated = encode(task, examples, tokenizer, max_length)
@@ -355,14 +359,15 @@ def train(
         logger.warning("%s: %d sequences longer than %d tokens were truncated", task.name, truncated, max_length)
 
     collate = make_collate(task, tokenizer.pad_token_id or 0)
-    generator = torch.Generator().manual_seed(config.seed)
-    sampler = DistributedSampler(features, seed=config.seed) if distributed else None
-    loader = DataLoader(features, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                        collate_fn=collate, generator=generator if sampler is None else None)
+    # one seeded permutation per epoch, each rank taking every world_size-th example of it: N processes of batch b
+    # see the same global batches as one process of batch N*b
+    sampler = DistributedSampler(features, num_replicas=engine.world_size, rank=engine.rank, shuffle=True,
+                                 seed=config.seed)
+    loader = DataLoader(features, batch_size=config.batch_size, sampler=sampler, collate_fn=collate)
     total = config.max_steps if config.max_steps > 0 else math.ceil(len(loader) * config.num_train_epochs)
     eval_every = config.eval_every or len(loader)
-    model.to(default_device())
-    module = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    model.to(engine.device())
+    module = engine.wrap(model)
     optimizer = _optimizer(model, config)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total), total)
 
@@ -370,15 +375,15 @@ def train(
     history: list[dict] = []
     step, epoch = 0, 0
     bar = tqdm(total=total, desc=f"{task.name} lr={config.learning_rate:g} bs={config.batch_size} seed={config.seed}",
-               disable=not progress or rank != 0, leave=False)
+               disable=not progress or not engine.is_main, leave=False)
     stop = False
     while step < total and not stop:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         module.train()
         for batch in loader:
             loss = _loss(task, _logits(module, batch, task), batch["labels"])
             loss.backward()
+            engine.reduce_gradients(model.parameters())
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -389,6 +394,8 @@ def train(
             if step % eval_every == 0 or step == total:
                 metrics = _evaluate(model, task, dev_sets, dev_features, collate, config.batch_size * 2)
                 score = next(iter(metrics.values()))["score"]
+                if engine.world_size > 1:  # rank 0's score decides, so every rank keeps the same checkpoint
+                    score = engine.gather_object(score)[0]
                 history.append({"step": step, "loss": float(loss.item()), "score": score})
                 module.train()
                 if score > best_score:

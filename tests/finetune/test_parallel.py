@@ -1,0 +1,131 @@
+"""Data-parallel fine-tuning under real launchers: 2 processes of batch b train exactly like 1 process of batch 2b,
+for one run (torchrun and horovodrun), a sweep with a pruned trial (horovodrun) and an Agora round (torchrun)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from finetune.run_finetune import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "finetune" / "run_finetune.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_without_dropout(tmp_path_factory, teacher_path):
+    """The tiny BERT with dropout off: dropout masks depend on how a batch is split, the averaged gradients do not."""
+    folder = tmp_path_factory.mktemp("tiny_bert_no_dropout")
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _common(model: Path, out: Path, batch_size: int) -> list[str]:
+    return ["--model", str(model), "--output-dir", str(out), "--batch-size", str(batch_size), "--max-train-examples",
+            "48", "--max-seq-length", "64", "--max-eval-examples", "24", "--learning-rate", "1e-3",
+            "--warmup-fraction", "0", "--early-stopping-patience", "0", "--no-predict-test", "--quiet"]
+
+
+def _launch(launcher: list[str], args: list[str]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([*launcher, str(SCRIPT), *args], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, f"{launcher[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n" \
+                                 f"{proc.stderr[-3000:]}"
+
+
+def _torchrun(free_port) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+
+
+def _horovodrun(horovodrun: str) -> list[str]:
+    return [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
+
+
+def _same_model(one: Path, two: Path) -> None:
+    a, b = json.loads((one / "dev_metrics.json").read_text()), json.loads((two / "dev_metrics.json").read_text())
+    assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]]
+    assert [h["score"] for h in b["history"]] == pytest.approx([h["score"] for h in a["history"]], abs=1e-6)
+    assert b["best_step"] == a["best_step"]
+    w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
+
+
+RUN = ["CB", "--max-steps", "6", "--eval-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tiny_model_without_dropout, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_process")
+    assert main([*RUN, *_common(tiny_model_without_dropout, out, 8)]) == 0
+    return out / "CB"
+
+
+def test_torchrun_run_matches_one_process(tiny_model_without_dropout, one_process_run, tmp_path, free_port):
+    _launch(_torchrun(free_port), [*RUN, *_common(tiny_model_without_dropout, tmp_path, 4)])
+    _same_model(one_process_run, tmp_path / "CB")
+    assert not (tmp_path / "CB" / "predictions").exists() and (tmp_path / "summary.md").is_file()
+
+
+def test_horovodrun_run_matches_one_process(tiny_model_without_dropout, one_process_run, tmp_path, horovodrun):
+    _launch(_horovodrun(horovodrun),
+            [*RUN, *_common(tiny_model_without_dropout, tmp_path, 4)])
+    _same_model(one_process_run, tmp_path / "CB")
+
+
+def test_horovodrun_sweep_with_a_pruned_trial_matches_one_process(tiny_model_without_dropout, small_sst2, tmp_path,
+                                                                  horovodrun):
+    """Rank 0 alone talks to the study; a trial the pruner stops mid-run is left by both ranks together."""
+    space = tmp_path / "space.yaml"  # the tiny learning rate stays at chance and is pruned at its first evaluation
+    space.write_text("learning_rate: [0.003, 0.00000001, 0.002]\nseed: [0]\n")
+    sweep = ["SST-2", "--data-dir", str(small_sst2), "--mode", "sweep", "--space", str(space), "--sampler", "grid",
+             "--n-trials", "3", "--pruner", "halving", "--max-steps", "24", "--eval-every", "6"]
+    assert main([*sweep, *_common(tiny_model_without_dropout, tmp_path / "one", 8)]) == 0
+    _launch(_horovodrun(horovodrun), [*sweep, *_common(tiny_model_without_dropout, tmp_path / "two", 4)])
+    studies = [optuna.load_study(study_name="SST-2-sweep",
+                                 storage=f"sqlite:///{tmp_path / n / 'SST-2/sweep/study.db'}")
+               for n in ("one", "two")]
+    one, two = ([(t.params["learning_rate"], t.state, t.value, t.user_attrs["steps"]) for t in s.trials]
+                for s in studies)
+    assert TrialState.PRUNED in [t[1] for t in one], one  # the case this test is for
+    assert [t[:2] + (t[3],) for t in two] == [t[:2] + (t[3],) for t in one]
+    assert [t[2] for t in two] == pytest.approx([t[2] for t in one], abs=1e-6)
+    _same_model(tmp_path / "one/SST-2/sweep/best", tmp_path / "two/SST-2/sweep/best")
+
+
+def test_torchrun_agora_rounds_match_one_process(tiny_model_without_dropout, small_sst2, tmp_path, free_port):
+    """Agora's configurations train on both ranks; the grown training set and the warm start reach rank 1."""
+    oracle = tmp_path / "oracle"
+    assert main(["SST-2", "--data-dir", str(small_sst2), "--max-steps", "90", "--eval-every", "30",
+                 *_common(tiny_model_without_dropout, oracle, 16), "--learning-rate", "3e-3"]) == 0
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: [0.001, 0.002]\nseed: [0]\n")
+    agora = ["SST-2", "--mode", "agora", "--data-dir", str(small_sst2), "--oracle", str(oracle / "SST-2"), "--space",
+             str(space), "--n-configs", "2", "--max-rounds", "2", "--replay", "1", "--warm-start", "--max-steps", "4",
+             "--eval-every", "2", "--per-error", "1"]
+    assert main([*agora, *_common(tiny_model_without_dropout, tmp_path / "one", 8)]) == 0
+    _launch(_torchrun(free_port), [*agora, *_common(tiny_model_without_dropout, tmp_path / "two", 4)])
+    rounds = [[json.loads(x) for x in (tmp_path / n / "SST-2/agora/rounds.jsonl").read_text().splitlines()]
+              for n in ("one", "two")]
+    assert [r["round"] for r in rounds[1]] == [0, 1] and rounds[1][0]["added"] > 0
+    assert rounds[1][1]["train_size"] == rounds[1][0]["train_size"] + rounds[1][0]["added"]
+    for a, b in zip(*rounds):
+        assert (b["added"], b["train_size"], b["errors"]) == (a["added"], a["train_size"], a["errors"])
+        assert b["scores"] == pytest.approx(a["scores"], abs=1e-6)
+    _same_model(tmp_path / "one/SST-2/agora/best", tmp_path / "two/SST-2/agora/best")
