@@ -59,7 +59,7 @@ def make_hf_trainer(options: BenchOptions, setup: dict, output_dir: str, timings
 
     from bort.distill import DistillOutputs
 
-    teacher, loss_fn, targets = setup["teacher"], setup["loss_fn"], setup["targets"]
+    loss_fn, targets = setup["loss_fn"], setup["targets"]
 
     class DistillationTrainer(Trainer):
         """The usual subclass: teacher outputs without gradients, the student's full MLM forward, our loss."""
