@@ -5,7 +5,9 @@ interrupted sweep resumes where it stopped and several workers started with the 
 ``--study-name`` share the trials. Trials left ``RUNNING`` by a killed worker are detected by their heartbeat
 (``heartbeat_interval``), marked failed and re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``).
 Each trial trains with early stopping on dev; its objective is the task score on the first dev split (maximised).
-Only the best trial's model is kept (``trials/trial_<n>``), and at the end it is copied to ``best/``.
+Only the best trial's model is kept (``trials/trial_<n>``), and at the end it is copied to ``best/``. A configuration
+(seed included) that a finished trial already ran in full is not trained again: TPE on a small categorical space
+proposes the same point repeatedly, and the repeat takes the earlier trial's outcome (``duplicate_of``).
 
 A fixed compute budget (``budget_steps``: optimiser steps of all trials together) turns the sweep into a
 budgeted search: each trial is cut to the steps that remain when it starts, and the study stops when none remain.
@@ -175,6 +177,14 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
+        twin = _trained_twin(study, trial.number, params)
+        if twin is not None:  # same configuration and seed, same training: its outcome, no steps spent
+            trial.set_user_attr("duplicate_of", twin.number)
+            trial.set_user_attr("steps", 0)
+            if twin.state == TrialState.PRUNED:
+                raise optuna.TrialPruned(f"the configuration of trial {twin.number}, pruned")
+            trial.set_user_attr("dev_metrics", twin.user_attrs["dev_metrics"])
+            return twin.value
         config = replace(run, train=replace(run.train, **params))
         if sweep.budget_steps:
             left = sweep.budget_steps - steps_used(study)
@@ -219,6 +229,16 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
     return study
 
 
+def _trained_twin(study: optuna.Study, number: int, params: dict) -> optuna.trial.FrozenTrial | None:
+    """The first earlier trial that ran ``params`` to its end (completed and not cut short by the budget) or was
+    pruned by the pruner; None if there is none."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.number < number and t.params == params and "duplicate_of" not in t.user_attrs and \
+                "cut_to_budget" not in t.user_attrs and (t.state == TrialState.COMPLETE or "steps" in t.user_attrs):
+            return t
+    return None
+
+
 def _best_value(study: optuna.Study) -> float | None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return max((t.value for t in complete), default=None)
@@ -230,6 +250,8 @@ def finalize(study: optuna.Study, folder: Path) -> None:
     if not complete:
         return
     best = study.best_trial
+    if "duplicate_of" in best.user_attrs:  # the model is the original trial's
+        best = study.get_trials(deepcopy=False)[best.user_attrs["duplicate_of"]]
     best_dir = Path(best.user_attrs.get("model_dir", ""))
     if best.user_attrs.get("model_dir") and best_dir.is_dir():
         copy_folder(best_dir, folder / "best")

@@ -128,3 +128,22 @@ def test_a_sweep_study_of_other_settings_is_refused_naming_them(tiny_model, tmp_
     shorter = dataclasses.replace(run, train=dataclasses.replace(run.train, max_steps=7))
     with pytest.raises(ValueError, match=r"other settings \(train\.max_steps\)"):
         open_study(shorter, sweep, space)
+
+
+def test_a_configuration_already_trained_is_not_trained_again(tiny_model, tmp_path):
+    """TPE on a one-point space proposes it every time: one trial trains, the repeats take its outcome."""
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: [0.001]\nseed: [0]\nbatch_size: [8]\n")
+    out = tmp_path / "out"
+    args = ["CB", "--mode", "sweep", "--model", str(tiny_model), "--output-dir", str(out), "--space", str(space),
+            "--sampler", "tpe", "--n-trials", "3", "--max-train-examples", "32", "--max-steps", "4", "--eval-every",
+            "2", "--max-seq-length", "64", "--max-eval-examples", "16", "--quiet"]
+    assert main(args) == 0
+    study = optuna.load_study(study_name="CB-sweep", storage=f"sqlite:///{out / 'CB' / 'sweep' / 'study.db'}")
+    trained, *repeats = study.trials
+    assert trained.user_attrs["steps"] == 4 and "duplicate_of" not in trained.user_attrs and len(repeats) == 2
+    for t in repeats:
+        assert t.params == trained.params and t.user_attrs["duplicate_of"] == 0 and t.user_attrs["steps"] == 0
+        assert t.value == trained.value and t.user_attrs["dev_metrics"] == trained.user_attrs["dev_metrics"]
+    best = json.loads((out / "CB" / "sweep" / "best" / "finetune_config.json").read_text())
+    assert best["trial"] == 0 and len(list((out / "CB" / "sweep" / "trials").glob("trial_*"))) == 1
