@@ -35,7 +35,7 @@ from sklearn.metrics import accuracy_score
 
 from data.files import atomic_write_json, atomic_write_text, copy_folder
 from finetune.metrics import compute_metrics
-from finetune.pipeline import RunConfig, load_splits, predict_tests, run_once, save_trained
+from finetune.pipeline import RunConfig, load_splits, run_once, save_trained, write_predictions
 from finetune.sweep import load_space
 from finetune.tasks import Example, Task, get_task
 from finetune.trainer import RunResult, load_model, load_tokenizer, predict, save_run, subsample
@@ -279,8 +279,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
 
     if run.predict_test and state["best"] is not None:
         best = str(folder / "best")
-        predict_tests(task, load_model(task, best), load_tokenizer(best), data_dir, folder / "best" / "predictions",
-                      run.train.max_seq_length)
+        write_predictions(run, task, load_model(task, best), load_tokenizer(best), folder / "best", data_dir)
     rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()] \
         if (folder / "rounds.jsonl").is_file() else []
     if rounds:

@@ -130,11 +130,19 @@ def save_trained(config: RunConfig, task: Task, model, tokenizer, result: RunRes
     resolved = {**asdict(config), "data_dir": str(data_dir), **(extra or {})}
     save_run(folder, model, tokenizer, result, resolved)
     if config.predict_test:
-        predictions = predict_tests(task, model, tokenizer, data_dir, folder / "predictions",
-                                    config.train.max_seq_length)
-        if predictions:
-            atomic_write_json(folder / "predictions" / "index.json", predictions)
+        write_predictions(config, task, model, tokenizer, folder, data_dir)
     return folder
+
+
+def write_predictions(config: RunConfig, task: Task, model, tokenizer, folder: Path, data_dir: Path | None = None
+                      ) -> dict:
+    """Test-set submission files of ``task`` and its diagnostics in ``folder/predictions`` with an ``index.json``
+    (file paths, and metrics of labelled diagnostics); returns that index (empty: no test file found)."""
+    predictions = predict_tests(task, model, tokenizer, data_dir or config.data_path, Path(folder) / "predictions",
+                                config.train.max_seq_length)
+    if predictions:
+        atomic_write_json(Path(folder) / "predictions" / "index.json", predictions)
+    return predictions
 
 
 def predict_only(config: RunConfig) -> dict:

@@ -19,6 +19,7 @@ best third there, so the budget buys many short trials and a few long ones.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import shutil
@@ -31,9 +32,9 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from data.files import atomic_path, atomic_write_json, copy_folder
-from finetune.pipeline import RunConfig, run_once, save_trained
+from finetune.pipeline import RunConfig, run_once, save_trained, write_predictions
 from finetune.tasks import get_task
-from finetune.trainer import TrainConfig
+from finetune.trainer import TrainConfig, load_model, load_tokenizer
 from search.storage import open_defined_study, open_storage, redact
 
 logger = logging.getLogger(__name__)
@@ -207,7 +208,8 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
         trial.set_user_attr("steps", result.steps)
         best = _best_value(study)
         if best is None or result.score > best:
-            out = save_trained(config, get_task(run.task), model, tokenizer, result,
+            # test predictions are written once, for the final best model (finalize)
+            out = save_trained(replace(config, predict_test=False), get_task(run.task), model, tokenizer, result,
                                folder=folder / "trials" / f"trial_{trial.number}",
                                extra={"trial": trial.number, "study": study.study_name})
             trial.set_user_attr("model_dir", str(out))
@@ -225,7 +227,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
                                                                states=(TrialState.COMPLETE, TrialState.PRUNED)),
                                              stop_when_spent],
                        gc_after_trial=True)
-    finalize(study, folder)
+    finalize(study, folder, run)
     return study
 
 
@@ -244,8 +246,9 @@ def _best_value(study: optuna.Study) -> float | None:
     return max((t.value for t in complete), default=None)
 
 
-def finalize(study: optuna.Study, folder: Path) -> None:
-    """Copy the best trial's model to ``best/``, delete the other trial folders, write ``trials.csv`` and a plot."""
+def finalize(study: optuna.Study, folder: Path, run: RunConfig | None = None) -> None:
+    """Copy the best trial's model to ``best/``, delete the other trial folders, write ``trials.csv`` and a plot;
+    with ``run.predict_test``, write the best model's test predictions into ``best/predictions`` (once per best)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return
@@ -254,7 +257,8 @@ def finalize(study: optuna.Study, folder: Path) -> None:
         best = study.get_trials(deepcopy=False)[best.user_attrs["duplicate_of"]]
     best_dir = Path(best.user_attrs.get("model_dir", ""))
     if best.user_attrs.get("model_dir") and best_dir.is_dir():
-        copy_folder(best_dir, folder / "best")
+        if _trial_of(folder / "best") != best.number:  # else best/ holds it already, with its predictions
+            copy_folder(best_dir, folder / "best")
         for other in (folder / "trials").glob("trial_*"):
             if other != best_dir and other.name.split("_")[-1].isdigit() and _is_finished(study, other):
                 shutil.rmtree(other, ignore_errors=True)
@@ -263,6 +267,18 @@ def finalize(study: optuna.Study, folder: Path) -> None:
     from finetune.report import plot_sweep
 
     plot_sweep(study, folder / "history.png")
+    best_folder = folder / "best"
+    if run is not None and run.predict_test and best_folder.is_dir() and \
+            not (best_folder / "predictions" / "index.json").is_file():
+        task = get_task(run.task)
+        write_predictions(run, task, load_model(task, str(best_folder)), load_tokenizer(str(best_folder)),
+                          best_folder)
+
+
+def _trial_of(model_folder: Path) -> int | None:
+    """The trial number recorded in a saved trial model's ``finetune_config.json`` (None: no such folder)."""
+    config = model_folder / "finetune_config.json"
+    return json.loads(config.read_text()).get("trial") if config.is_file() else None
 
 
 def _is_finished(study: optuna.Study, trial_dir: Path) -> bool:

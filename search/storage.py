@@ -54,8 +54,9 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
                  max_retry: int | None = None) -> RDBStorage:
     """An RDB storage with heartbeats and the retry callback, after one connection attempt.
 
-    Several processes may open one fresh storage at the same moment: the one that loses the race to create Optuna's
-    tables retries once, after a second, and then finds them.
+    Several processes may open one fresh storage at the same moment: one that loses the race to create Optuna's
+    tables retries, after 0.5, 1, 2 and 4 s (on a loaded machine the winner may still be creating them at the first
+    retry), and then finds them.
 
     url: an SQLAlchemy URL (``sqlite:///path``, ``postgresql://user:password@host:port/db``, ...);
     heartbeat_interval, grace_period: seconds (None: no heartbeats, for a process that only reads or writes
@@ -70,7 +71,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S}  # workers wait for the database lock instead of failing
     elif url.startswith("postgres"):
         connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
-    for attempt in range(2):
+    delays = (0.5, 1.0, 2.0, 4.0)
+    for attempt in range(len(delays) + 1):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -86,8 +88,9 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
                 ValueError) as exc:
             cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
             detail = str(getattr(cause, "orig", None) or cause).strip().splitlines()
-            if attempt == 0 and isinstance(cause, sqlalchemy.exc.SQLAlchemyError) and _lost_creation_race(detail):
-                time.sleep(1.0)  # another worker created the tables at the same moment: they exist now
+            if attempt < len(delays) and isinstance(cause, sqlalchemy.exc.SQLAlchemyError) and \
+                    _lost_creation_race(detail):
+                time.sleep(delays[attempt])  # another worker is creating the tables at the same moment
                 continue
             raise StorageError(f"cannot open --storage {redact(url)}: "
                                f"{detail[0] if detail else type(cause).__name__}") from None
@@ -116,7 +119,7 @@ def _serialise_sqlite_transactions(engine: sqlalchemy.engine.Engine) -> None:
 
 def _lost_creation_race(detail: list[str]) -> bool:
     """Whether the error is a concurrent creation of Optuna's tables (SQLite's "already exists", PostgreSQL's
-    duplicate key on the catalogue), the only error that is retried (once)."""
+    duplicate key on the catalogue), the only error that is retried."""
     text = " ".join(detail[:2])
     return "already exists" in text or "duplicate key value" in text or "UNIQUE constraint failed" in text
 

@@ -67,6 +67,10 @@ def test_sweep_resumes_after_interruption(tiny_model, tmp_path, trials_so_far):
     assert json.loads((folder / "best" / "finetune_config.json").read_text())["trial"] == study.best_trial.number
     assert (folder / "history.png").stat().st_size > 0 and (folder / "trials.csv").is_file()
     assert len(list((folder / "trials").glob("trial_*"))) == 1  # only the best trial's model is kept
+    (kept,) = (folder / "trials").glob("trial_*")
+    assert not (kept / "predictions").exists()  # test sets are predicted once, by the final best model
+    lines = (folder / "best" / "predictions" / "CB.jsonl").read_text().splitlines()
+    assert len(lines) == 250 and "CB.jsonl" in json.loads((folder / "best" / "predictions" / "index.json").read_text())
     assert "| CB | sweep (3 trials)" in (out / "summary.md").read_text()
 
 
