@@ -69,6 +69,14 @@ def test_model_without_tokenizer_exits_2(tiny_model, tmp_path, capsys):
     assert "no tokenizer files" in capsys.readouterr().err
 
 
+def test_torchrun_engine_outside_its_launcher_exits_2_writing_nothing(tiny_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert main(["CB", "--model", str(tiny_model), "--output-dir", str(tmp_path / "o"), "--engine", "torchrun",
+                 *TINY]) == 2
+    assert "launch with `torchrun --nproc_per_node N" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_long_sequences_are_truncated_with_a_count(tiny_model, superglue_dir, caplog):
     task = get_task("CB")
     examples = task.read(superglue_dir, "val")
