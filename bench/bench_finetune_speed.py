@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     task = get_task(args.task)
-    if task.kind != "classification" and task.kind != "regression":
+    if task.kind not in ("classification", "regression"):
         raise SystemExit(f"--task {args.task}: pick a classification or regression task")
     run = RunConfig(task=args.task)
     train_examples, dev_sets = load_splits(task, run.data_path)

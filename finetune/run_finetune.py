@@ -23,7 +23,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 
-from bort.distributed import ENGINES, DistributedError  # noqa: E402
+from bort.distributed import ENGINES, DistributedError, engine  # noqa: E402
 from data.files import atomic_write_text  # noqa: E402
 from finetune.tasks import TASKS, DataError  # noqa: E402
 
@@ -100,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_tasks(args: argparse.Namespace) -> list[dict]:
     """Run the chosen mode on every task; returns one summary row per task (none on ranks other than 0)."""
-    from bort.distributed import engine
     from finetune.pipeline import RunConfig
     from finetune.trainer import TrainConfig
 

@@ -178,7 +178,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
-        twin = _trained_twin(study, trial.number, params)
+        twin = _trained_twin(study, params)
         if twin is not None:  # same configuration and seed, same training: its outcome, no steps spent
             trial.set_user_attr("duplicate_of", twin.number)
             trial.set_user_attr("steps", 0)
@@ -231,12 +231,12 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
     return study
 
 
-def _trained_twin(study: optuna.Study, number: int, params: dict) -> optuna.trial.FrozenTrial | None:
-    """The first earlier trial that ran ``params`` to its end (completed and not cut short by the budget) or was
-    pruned by the pruner; None if there is none."""
+def _trained_twin(study: optuna.Study, params: dict) -> optuna.trial.FrozenTrial | None:
+    """The first finished trial that trained ``params`` itself and either completed uncut by the budget or was stopped
+    by the pruner (a trial pruned for want of budget has no ``steps``); None if there is none."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if t.number < number and t.params == params and "duplicate_of" not in t.user_attrs and \
-                "cut_to_budget" not in t.user_attrs and (t.state == TrialState.COMPLETE or "steps" in t.user_attrs):
+        if t.params == params and "duplicate_of" not in t.user_attrs and "cut_to_budget" not in t.user_attrs and \
+                (t.state == TrialState.COMPLETE or "steps" in t.user_attrs):
             return t
     return None
 
@@ -255,10 +255,10 @@ def finalize(study: optuna.Study, folder: Path, run: RunConfig | None = None) ->
     best = study.best_trial
     if "duplicate_of" in best.user_attrs:  # the model is the original trial's
         best = study.get_trials(deepcopy=False)[best.user_attrs["duplicate_of"]]
-    best_dir = Path(best.user_attrs.get("model_dir", ""))
+    best_dir, best_folder = Path(best.user_attrs.get("model_dir", "")), folder / "best"
     if best.user_attrs.get("model_dir") and best_dir.is_dir():
-        if _trial_of(folder / "best") != best.number:  # else best/ holds it already, with its predictions
-            copy_folder(best_dir, folder / "best")
+        if _trial_of(best_folder) != best.number:  # else best/ holds it already, with its predictions
+            copy_folder(best_dir, best_folder)
         for other in (folder / "trials").glob("trial_*"):
             if other != best_dir and other.name.split("_")[-1].isdigit() and _is_finished(study, other):
                 shutil.rmtree(other, ignore_errors=True)
@@ -267,7 +267,6 @@ def finalize(study: optuna.Study, folder: Path, run: RunConfig | None = None) ->
     from finetune.report import plot_sweep
 
     plot_sweep(study, folder / "history.png")
-    best_folder = folder / "best"
     if run is not None and run.predict_test and best_folder.is_dir() and \
             not (best_folder / "predictions" / "index.json").is_file():
         task = get_task(run.task)
