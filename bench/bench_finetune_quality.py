@@ -9,7 +9,10 @@ unless among the best third at each rung, until the budget is spent (``--trials`
 (c) Agora with ``--agora-configs`` configurations per round for ``--agora-rounds`` rounds of
 ``budget / (configs * rounds)`` steps each, later rounds starting from the best model so far (``--agora-warm-start``).
 Agora's oracle is (a)'s model (the teacher fine-tuned with the default run), so the oracle costs no extra steps; where
-(a) is below 2/3 dev accuracy Agora refuses to run and the table says so. (b) and (c) sample the same space
+(a) is below 2/3 dev accuracy Agora refuses to run and the table says so. ``--methods c_no_examples`` adds the
+ablation: (c) with the same rounds, replay and warm start but no examples added (``per_error=0``, no oracle).
+Results are written to ``results.json`` after every method, and a rerun on the same output skips the methods it holds
+(so (a) and its oracle model are reused). (b) and (c) sample the same space
 (``--space``; default Bort's grid). Training sets larger than ``--max-train-examples`` are subsampled (seeded). Dev
 sets are used whole.
 
@@ -41,6 +44,8 @@ from finetune.tasks import get_task  # noqa: E402
 from finetune.trainer import TrainConfig  # noqa: E402
 
 TASKS = ["CB", "RTE", "MRPC", "STS-B", "CoLA", "SST-2"]
+METHODS = ["a", "b", "c", "c_no_examples"]
+HEADERS = {"a": "(a) default run", "b": "(b) sweep", "c": "(c) Agora", "c_no_examples": "Agora, no examples added"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,10 +65,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="(b): a trial's steps as a share of the budget (default: 0.5)")
     p.add_argument("--pruner", default="halving", choices=["none", "median", "halving"],
                    help="(b): pruner (default: %(default)s)")
+    p.add_argument("--first-rung", type=float, default=0.0,
+                   help="(b): halving's first rung as a share of a trial's steps (default: the first dev evaluation)")
     p.add_argument("--agora-warm-start", action=argparse.BooleanOptionalAction, default=True,
                    help="(c): later rounds start from the best model so far (default: on)")
     p.add_argument("--agora-configs", type=int, default=2, help="(c): |Θ| (default: 2)")
     p.add_argument("--agora-rounds", type=int, default=2, help="(c): rounds (default: 2)")
+    p.add_argument("--methods", nargs="+", default=["a", "b", "c"], choices=METHODS,
+                   help="methods to run (default: a b c); c_no_examples is Agora adding no examples, an ablation of "
+                        "its rounds, replay and warm start. A method already in the output's results.json is kept")
     p.add_argument("--space", default="", help="JSON/YAML space for (b) and (c) (default: Bort's grid)")
     p.add_argument("--output-dir", default="outputs/bench_finetune", help="output folder (default: %(default)s)")
     return p.parse_args(argv)
@@ -83,49 +93,58 @@ def main(argv=None) -> int:
     eval_every = args.eval_every or max(1, args.budget_steps // 18)
     for name in args.tasks:
         task = get_task(name)
-        if name in results and len(results[name]) == 3:
-            continue
+        row = results.setdefault(name, {})
         base = TrainConfig(learning_rate=args.learning_rate, batch_size=args.batch_size,
                            max_seq_length=args.max_seq_length, max_train_examples=args.max_train_examples,
                            max_steps=args.budget_steps, eval_every=eval_every,
                            early_stopping_patience=0, warmup_fraction=0.1, weight_decay=0.01)
         run = RunConfig(task=name, model=args.model, output_dir=str(out / "a"), predict_test=False, train=base)
-        row = {}
-        t0 = time.time()
-        result, model, tokenizer = run_once(run, save=False, progress=False)
-        oracle = save_trained(run, task, model, tokenizer, result)
-        row["a"] = {"score": result.score, "metrics": result.dev_metrics, "seconds": time.time() - t0}
-        print(name, "a", row["a"], flush=True)
+        oracle = run.task_dir  # (a)'s model, Agora's oracle
+        needs_a = "a" in args.methods or ("c" in args.methods and "c" not in row)
+        if needs_a and ("a" not in row or not (oracle / "config.json").is_file()):
+            t0 = time.time()
+            result, model, tokenizer = run_once(run, save=False, progress=False)
+            save_trained(run, task, model, tokenizer, result)
+            row["a"] = {"score": result.score, "metrics": result.dev_metrics, "seconds": time.time() - t0}
+            print(name, "a", row["a"], flush=True)
+            atomic_write_json(results_path, results)
 
-        t0 = time.time()
-        per_trial = replace(base, max_steps=max(1, int(args.budget_steps * args.trial_fraction)))
-        study = run_sweep(RunConfig(task=name, model=args.model, output_dir=str(out / "b"), predict_test=False,
-                                    train=per_trial),
-                          SweepConfig(sampler="grid", n_trials=args.trials, space=args.space, pruner=args.pruner,
-                                      budget_steps=args.budget_steps), progress=False)
-        row["b"] = {"score": study.best_value, "metrics": study.best_trial.user_attrs["dev_metrics"],
-                    "params": study.best_trial.params, "trials": len(study.trials),
-                    "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
-                    "steps": steps_used(study), "seconds": time.time() - t0}
-        print(name, "b", row["b"], flush=True)
-
-        t0 = time.time()
-        steps = args.budget_steps // (args.agora_configs * args.agora_rounds)
-        try:
-            state = run_agora(RunConfig(task=name, model=args.model, output_dir=str(out / "c"), predict_test=False,
-                                        train=replace(base, max_steps=max(1, steps))),
-                              AgoraConfig(oracle=str(oracle), n_configs=args.agora_configs,
-                                          max_rounds=args.agora_rounds, replay=args.agora_rounds, space=args.space,
-                                          warm_start=args.agora_warm_start),
+        if "b" in args.methods and "b" not in row:
+            t0 = time.time()
+            per_trial = replace(base, max_steps=max(1, int(args.budget_steps * args.trial_fraction)))
+            study = run_sweep(RunConfig(task=name, model=args.model, output_dir=str(out / "b"), predict_test=False,
+                                        train=per_trial),
+                              SweepConfig(sampler="grid", n_trials=args.trials, space=args.space, pruner=args.pruner,
+                                          budget_steps=args.budget_steps,
+                                          halving_min_steps=int(args.first_rung * per_trial.max_steps)),
                               progress=False)
-            row["c"] = {"score": state["best"]["score"], "metrics": state["best"]["metrics"],
-                        "rounds": [{k: r[k] for k in ("round", "best_score", "errors", "added", "train_size")}
-                                   for r in state["rounds"]], "seconds": time.time() - t0}
-        except OracleTooWeak as e:
-            row["c"] = {"score": None, "refused": str(e), "seconds": time.time() - t0}
-        print(name, "c", row["c"], flush=True)
-        results[name] = row
-        atomic_write_json(results_path, results)
+            row["b"] = {"score": study.best_value, "metrics": study.best_trial.user_attrs["dev_metrics"],
+                        "params": study.best_trial.params, "trials": len(study.trials),
+                        "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+                        "steps": steps_used(study), "seconds": time.time() - t0}
+            print(name, "b", row["b"], flush=True)
+            atomic_write_json(results_path, results)
+
+        steps = args.budget_steps // (args.agora_configs * args.agora_rounds)
+        for method, per_error in (("c", 2), ("c_no_examples", 0)):
+            if method not in args.methods or method in row:
+                continue
+            t0 = time.time()
+            try:
+                state = run_agora(RunConfig(task=name, model=args.model, output_dir=str(out / method),
+                                            predict_test=False, train=replace(base, max_steps=max(1, steps))),
+                                  AgoraConfig(oracle=str(oracle) if per_error else "", per_error=per_error,
+                                              n_configs=args.agora_configs, max_rounds=args.agora_rounds,
+                                              replay=args.agora_rounds, space=args.space,
+                                              warm_start=args.agora_warm_start),
+                                  progress=False)
+                row[method] = {"score": state["best"]["score"], "metrics": state["best"]["metrics"],
+                               "rounds": [{k: r[k] for k in ("round", "best_score", "errors", "added", "train_size")}
+                                          for r in state["rounds"]], "seconds": time.time() - t0}
+            except OracleTooWeak as e:
+                row[method] = {"score": None, "refused": str(e), "seconds": time.time() - t0}
+            print(name, method, row[method], flush=True)
+            atomic_write_json(results_path, results)
     print(table(results, get_metric_names(results)))
     return 0
 
@@ -135,16 +154,20 @@ def get_metric_names(results: dict) -> dict:
 
 
 def table(results: dict, metric_names: dict) -> str:
-    def cell(v):
-        return "refused" if v is None else f"{100 * v:.1f}"
+    """A Markdown table: one row per task, one column per method any task has, and two averages."""
+    methods = [m for m in METHODS if any(m in row for row in results.values())]
 
-    lines = ["| task | metric | (a) default run | (b) sweep | (c) Agora |", "|---|---|---|---|---|"]
+    def cell(row, m):
+        return "-" if m not in row else "refused" if row[m]["score"] is None else f"{100 * row[m]['score']:.1f}"
+
+    lines = ["| task | metric | " + " | ".join(HEADERS[m] for m in methods) + " |", "|---|---|" + "---|" * len(methods)]
     for name, row in results.items():
-        lines.append(f"| {name} | {metric_names[name]} | " + " | ".join(cell(row[k]["score"]) for k in "abc") + " |")
-    common = [row for row in results.values() if all(row[k]["score"] is not None for k in "abc")]
-    every = {k: [row[k]["score"] for row in results.values() if row[k]["score"] is not None] for k in "abc"}
-    lines.append(f"| average, tasks all three scored ({len(common)}) | | " + " | ".join(
-        f"{100 * sum(r[k]['score'] for r in common) / len(common):.1f}" if common else "-" for k in "abc") + " |")
+        lines.append(f"| {name} | {metric_names[name]} | " + " | ".join(cell(row, m) for m in methods) + " |")
+    common = [row for row in results.values() if all(row.get(m, {}).get("score") is not None for m in methods)]
+    every = {m: [row[m]["score"] for row in results.values() if row.get(m, {}).get("score") is not None]
+             for m in methods}
+    lines.append(f"| average, tasks every method scored ({len(common)}) | | " + " | ".join(
+        f"{100 * sum(r[m]['score'] for r in common) / len(common):.1f}" if common else "-" for m in methods) + " |")
     lines.append("| average, tasks each method scored (n) | | " + " | ".join(
         f"{100 * sum(v) / len(v):.1f} ({len(v)})" if v else "-" for v in every.values()) + " |")
     return "\n".join(lines)

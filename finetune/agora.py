@@ -6,7 +6,8 @@ Loop, one *round* at a time:
 2. take the round's best model and its errors on the mining set (dev by default, as described by the author;
    ``mine_on="holdout"`` mines a held-out slice of the training set instead, keeping dev clean);
 3. make ``per_error`` new inputs near each error with the transformation function (:mod:`finetune.transforms`);
-4. label them with the oracle (a fine-tuned model of the task whose dev accuracy must be at least 2/3) and add them;
+4. label them with the oracle (a fine-tuned model of the task whose dev accuracy must be at least 2/3) and add them
+   (``per_error=0`` skips 3-4 and the oracle: an ablation that measures the rest of the loop alone);
 5. after ``1 + replay`` rounds on the same Θ ("replay": the author re-ran iterations for convergence), sort Θ by
    dev score and drop the longest run of configurations from the top that share the same outcome (the same dev
    score, rounded to ``tie_decimals``; at least the top one);
@@ -61,7 +62,9 @@ class AgoraConfig:
     transform: str = field(default="perturb", metadata={
         "help": "perturb (word dropout/swap/synonyms) or mlm (masked-LM substitution, needs --mlm-model)"})
     mlm_model: str = field(default="", metadata={"help": "model folder with a trained masked-LM head for --transform mlm"})
-    per_error: int = field(default=2, metadata={"help": "new examples generated near each error"})
+    per_error: int = field(default=2, metadata={
+        "help": "new examples generated near each error (0: none and no oracle; an ablation that keeps the rounds, "
+                "replay, pruning and warm start)"})
     n_configs: int = field(default=4, metadata={"help": "|Θ|: configurations sampled from the space (0: all)"})
     space: str = field(default="", metadata={"help": "JSON/YAML search space file (default: Bort's grid)"})
     replay: int = field(default=1, metadata={"help": "extra rounds on the same Θ before each pruning"})
@@ -78,8 +81,8 @@ class AgoraConfig:
     def __post_init__(self) -> None:
         if self.mine_on not in ("dev", "holdout"):
             raise ValueError(f"mine_on must be dev or holdout, got {self.mine_on!r}")
-        if self.per_error < 1 or self.replay < 0 or self.n_configs < 0 or self.max_rounds < 0:
-            raise ValueError("per_error must be >= 1 and replay, n_configs, max_rounds >= 0")
+        if self.per_error < 0 or self.replay < 0 or self.n_configs < 0 or self.max_rounds < 0:
+            raise ValueError("per_error, replay, n_configs and max_rounds must be >= 0")
 
 
 def agora_dir(run: RunConfig) -> Path:
@@ -208,15 +211,17 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
         state = {"round": 0, "theta": theta, "scores": {}, "round_best": None, "best": None, "rep": 0}
         atomic_write_json(folder / "agora_config.json", {"run": asdict(run), "agora": asdict(agora)}, default=str)
 
-    oracle_path = agora.oracle or str(folder / "oracle")
-    if not agora.oracle and not (folder / "oracle" / "config.json").is_file():
-        logger.info("Agora %s: fine-tuning the oracle from %s", task.name, agora.oracle_base or "the teacher")
-        oracle_run = RunConfig(task=task.name, model=agora.oracle_base, tokenizer="", data_dir=run.data_dir,
-                               output_dir=str(folder / ".oracle_run"), predict_test=False, train=run.train)
-        _, model, tokenizer = run_job(oracle_run, train_examples=base, save=False, progress=progress)
-        save_run(folder / "oracle", model, tokenizer, RunResult({}, 0, 0, [], 0), asdict(oracle_run))
-    oracle, oracle_tok, oracle_acc = check_oracle(task, oracle_path, dev, run.train.max_seq_length)
-    state["oracle"] = {"path": oracle_path, "dev_accuracy": oracle_acc}
+    oracle = oracle_tok = None
+    if agora.per_error > 0:  # without new examples there is nothing to label
+        oracle_path = agora.oracle or str(folder / "oracle")
+        if not agora.oracle and not (folder / "oracle" / "config.json").is_file():
+            logger.info("Agora %s: fine-tuning the oracle from %s", task.name, agora.oracle_base or "the teacher")
+            oracle_run = RunConfig(task=task.name, model=agora.oracle_base, tokenizer="", data_dir=run.data_dir,
+                                   output_dir=str(folder / ".oracle_run"), predict_test=False, train=run.train)
+            _, model, tokenizer = run_job(oracle_run, train_examples=base, save=False, progress=progress)
+            save_run(folder / "oracle", model, tokenizer, RunResult({}, 0, 0, [], 0), asdict(oracle_run))
+        oracle, oracle_tok, oracle_acc = check_oracle(task, oracle_path, dev, run.train.max_seq_length)
+        state["oracle"] = {"path": oracle_path, "dev_accuracy": oracle_acc}
 
     _read_rounds_before(folder / "rounds.jsonl", state["round"])
     added = [Example(uid=r["uid"], texts=tuple(r["texts"]), label=r["label"])

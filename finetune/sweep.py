@@ -12,8 +12,9 @@ proposes the same point repeatedly, and the repeat takes the earlier trial's out
 A fixed compute budget (``budget_steps``: optimiser steps of all trials together) turns the sweep into a
 budgeted search: each trial is cut to the steps that remain when it starts, and the study stops when none remain.
 With ``pruner="halving"`` (Optuna's asynchronous successive halving, Li et al. 2020, arXiv 1810.05934) a trial
-continues past each rung (dev evaluations at 1, 3, 9, ... times the first one's step) only while it is among the
-best third there, so the budget buys many short trials and a few long ones.
+continues past each rung (dev evaluations at 1, 3, 9, ... times the first rung's step: ``halving_min_steps``, else
+the first evaluation) only while it is among the best third there, so the budget buys many short trials and a few
+long ones.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class SweepConfig:
     pruner: str = field(default="none", metadata={
         "help": "none, median (stop trials below the median dev score at the same step) or halving (successive "
                 "halving: continue only the best third at each rung)"})
+    halving_min_steps: int = field(default=0, metadata={
+        "help": "halving: steps of the first rung, rounded up to a dev evaluation (0: --eval-every, else Optuna's "
+                "estimate from the first finished trial); put it where runs have separated, as a rung that comes "
+                "before stops trials on indistinguishable scores"})
     budget_steps: int = field(default=0, metadata={
         "help": "optimiser steps of all trials together (0: no limit); a trial is cut to the steps left when it "
                 "starts and the sweep stops when none are left (workers started at once may each take the rest)"})
@@ -100,8 +105,8 @@ class SweepConfig:
         if self.sampler not in ("grid", "tpe") or self.pruner not in PRUNERS:
             raise ValueError(f"sampler must be grid or tpe and pruner one of {', '.join(PRUNERS)}, "
                              f"got {self.sampler}/{self.pruner}")
-        if self.n_trials < 1 or self.heartbeat_interval < 1 or self.budget_steps < 0:
-            raise ValueError("n_trials and heartbeat_interval must be >= 1 and budget_steps >= 0")
+        if self.n_trials < 1 or self.heartbeat_interval < 1 or self.budget_steps < 0 or self.halving_min_steps < 0:
+            raise ValueError("n_trials and heartbeat_interval must be >= 1 and budget_steps, halving_min_steps >= 0")
 
 
 def sweep_dir(run: RunConfig) -> Path:
@@ -128,15 +133,24 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
         sampler = optuna.samplers.TPESampler(seed=sweep.sampler_seed)
     pruner = {"none": optuna.pruners.NopPruner,
               "median": lambda: optuna.pruners.MedianPruner(n_warmup_steps=1),
-              # rungs at 1, 3, 9, ... times --eval-every; without it Optuna derives them from the first finished trial
+              # rungs at 1, 3, 9, ... times the first; without one Optuna derives it from the first finished trial
               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
-                  min_resource=run.train.eval_every or "auto", reduction_factor=3)}[sweep.pruner]()
+                  min_resource=first_rung(run.train.eval_every, sweep.halving_min_steps) or "auto",
+                  reduction_factor=3)}[sweep.pruner]()
     name = sweep.study_name or f"{run.task}-sweep"
     defining = {"task": run.task, "model": run.model, "space": space,
                 "train": {k: v for k, v in asdict(run.train).items() if k not in space}}
     open_defined_study(storage, name, ["maximize"], defining, where=redact(url),
                        hint="use another --output-dir, --study-name or --storage")
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def first_rung(eval_every: int, min_steps: int) -> int:
+    """Step of halving's first rung: ``min_steps`` rounded up to a multiple of ``eval_every`` (the steps at which
+    scores are reported), else ``eval_every``; 0 when neither is set."""
+    if min_steps and eval_every:
+        return math.ceil(min_steps / eval_every) * eval_every
+    return min_steps or eval_every
 
 
 def _finished(study: optuna.Study) -> int:

@@ -56,6 +56,21 @@ def test_one_round_adds_labelled_examples_then_resumes(tiny_model, small_sst2, t
     assert "| SST-2 | agora (2 rounds)" in (out / "summary.md").read_text()
 
 
+def test_without_examples_agora_needs_no_oracle_and_adds_nothing(tiny_model, small_sst2, tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": [1e-4, 5e-4], "batch_size": [16]}))
+    out = tmp_path / "out"
+    assert main(["SST-2", "--mode", "agora", "--model", str(tiny_model), "--data-dir", str(small_sst2),
+                 "--output-dir", str(out), "--space", str(space), "--n-configs", "2", "--max-rounds", "2",
+                 "--max-steps", "3", "--per-error", "0", "--warm-start", "--no-predict-test", "--quiet"]) == 0
+    folder = out / "SST-2" / "agora"
+    records = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["added"], r["train_size"]) for r in records] == [(0, 0, 48), (1, 0, 48)]
+    assert records[0]["errors"] > 0 and records[1]["started_from"] == str(folder / "best")
+    assert not (folder / "oracle").exists() and (folder / "added.jsonl").read_text() == ""
+    assert "oracle" not in json.loads((folder / "state.json").read_text())
+
+
 def test_weak_oracle_is_refused(tiny_model, small_sst2, tmp_path, capsys):
     task = get_task("SST-2")
     weak = load_model(task, str(tiny_model))

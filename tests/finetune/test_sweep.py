@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 
 from finetune.run_finetune import main
 from finetune.pipeline import RunConfig
-from finetune.sweep import BORT_GRID, SweepConfig, load_space, open_study
+from finetune.sweep import BORT_GRID, SweepConfig, first_rung, load_space, open_study
+from finetune.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,6 +101,35 @@ def test_a_budgeted_halving_sweep_spends_exactly_its_budget(tiny_model, tmp_path
     assert all(t.user_attrs["steps"] in (2, 6, 18) for t in pruned if "cut_to_budget" not in t.user_attrs)  # rungs
     assert main(args) == 0  # the budget is spent: the same command trains nothing more
     assert len(optuna.load_study(study_name="CB-sweep", storage=storage).trials) == len(trials)
+
+
+@pytest.mark.parametrize("min_steps,rungs", [(0, [2, 6, 18]), (5, [6, 18])], ids=["eval-every", "min-steps-5"])
+def test_halving_stops_a_worse_trial_first_at_its_first_rung(tmp_path, min_steps, rungs):
+    """A trial reporting 0.1 against an earlier one at 0.9 is pruned at the first rung: the first evaluation
+    (step 2), or --halving-min-steps rounded up to an evaluation (5 -> 6); never at a step between rungs."""
+    run = RunConfig(task="CB", model="m", output_dir=str(tmp_path), train=TrainConfig(eval_every=2, max_steps=18))
+    sweep = SweepConfig(sampler="tpe", pruner="halving", halving_min_steps=min_steps)
+    study = open_study(run, sweep, {"seed": [0, 1, 2]})
+    good = study.ask({"seed": optuna.distributions.CategoricalDistribution([0, 1, 2])})
+    for step in range(2, 19, 2):
+        good.report(0.9, step)
+        assert not good.should_prune()
+    study.tell(good, 0.9)
+    stopped_at = []
+    for _ in range(2):  # two worse trials: each is stopped at the first rung (one of three continues per rung)
+        worse = study.ask({"seed": optuna.distributions.CategoricalDistribution([0, 1, 2])})
+        for step in range(2, 19, 2):
+            worse.report(0.1, step)
+            if worse.should_prune():
+                stopped_at.append(step)
+                study.tell(worse, state=TrialState.PRUNED)
+                break
+    assert stopped_at == [rungs[0]] * 2
+
+
+def test_first_rung_rounds_up_to_an_evaluation():
+    assert [first_rung(40, 120), first_rung(40, 100), first_rung(40, 0), first_rung(0, 7), first_rung(0, 0)] == \
+        [120, 120, 40, 7, 0]
 
 
 def test_planned_steps_follow_max_steps_else_epochs_of_the_subsample():
