@@ -5,7 +5,10 @@ With the real teacher (all-MiniLM-L6-v2 + a fresh head) on a task's real files, 
   optimizer step, for the trainer's optimizer (fused AdamW) and for ``torch.optim.AdamW`` with its default
   (per-parameter loop on CPU);
 - one pass over the dev set with ``finetune.trainer.predict_logits`` (length-sorted batches) and with batches in file
-  order (the baseline), checking that both give the same logits.
+  order (the baseline), checking that both give the same logits;
+- tokenizing the whole training set with ``finetune.trainer.encode`` (one truncating pass, the truncation count read
+  from the fast tokenizer's encodings) and with a second, untruncated pass that counts (the baseline), checking that
+  both give the same features and count.
 Prints seconds per step / per pass, their ratios and tokens per second. Nothing else may run meanwhile.
 Usage: ``OMP_NUM_THREADS=2 python bench/bench_finetune_speed.py --task MRPC``.
 """
@@ -30,8 +33,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from bort.training import parameter_groups  # noqa: E402
 from finetune.pipeline import RunConfig, load_splits  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
-from finetune.trainer import (TrainConfig, _logits, _loss, _optimizer, encode, load_model, load_tokenizer,  # noqa: E402
-                              make_collate, predict_logits, subsample)
+from finetune.trainer import (TrainConfig, _logits, _loss, _optimizer, _pairs, encode, load_model,  # noqa: E402
+                              load_tokenizer, make_collate, predict_logits, subsample)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +69,14 @@ def file_order_logits(model, task, features, collate, batch_size) -> np.ndarray:
     model.eval()
     loader = DataLoader(features, batch_size=batch_size, shuffle=False, collate_fn=collate)
     return np.concatenate([_logits(model, b, task).float().numpy() for b in loader])
+
+
+def two_pass_encode(task, examples, tokenizer, max_length) -> tuple[list[dict], int]:
+    """The baseline: count truncated sequences from an untruncated pass, then encode with truncation."""
+    firsts, seconds, _ = _pairs(task, examples)
+    full = tokenizer(firsts, seconds, truncation=False, verbose=False)["input_ids"]
+    truncated = sum(len(ids) > max_length for ids in full)
+    return encode(task, examples, tokenizer, max_length)[0], truncated
 
 
 def best_of(fn, repeats: int) -> tuple[float, object]:
@@ -116,6 +127,16 @@ def main(argv=None) -> int:
     result["dev pass"] = {"split": dev_name, "examples": len(dev), "file_order_s": round(plain_s, 3),
                           "length_sorted_s": round(sorted_s, 3), "speedup": round(plain_s / sorted_s, 3),
                           "length_sorted_tokens_per_s": round(dev_tokens / sorted_s)}
+
+    baseline_s, (plain_features, plain_count) = best_of(
+        lambda: two_pass_encode(task, train_examples, tokenizer, args.max_seq_length), args.repeats)
+    ours_s, (our_features, our_count) = best_of(
+        lambda: encode(task, train_examples, tokenizer, args.max_seq_length), args.repeats)
+    assert our_features == plain_features and our_count == plain_count
+    result["tokenize train"] = {"examples": len(train_examples), "truncated": our_count,
+                                "two_pass_s": round(baseline_s, 3), "one_pass_s": round(ours_s, 3),
+                                "speedup": round(baseline_s / ours_s, 3),
+                                "one_pass_examples_per_s": round(len(train_examples) / ours_s)}
     print(json.dumps(result, indent=1))
     return 0
 

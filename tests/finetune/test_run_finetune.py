@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForSequenceClassification, ByT5Tokenizer
 
 from finetune.run_finetune import main
 from finetune.tasks import get_task
@@ -90,6 +90,19 @@ def test_long_sequences_are_truncated_with_a_count(tiny_model, superglue_dir, ca
         train(task, model, tokenizer, examples[:8], {"val": examples[:8]},
               TrainConfig(max_steps=1, max_seq_length=512, batch_size=8), progress=False)
     assert "exceeds the model's 128 positions" in caplog.text and "were truncated" in caplog.text
+
+
+def test_a_python_tokenizer_counts_truncated_sequences_too(superglue_dir):
+    """A fast tokenizer counts from its one truncating pass (what it cut off); a Python one keeps no encodings and
+    needs a second, untruncated pass: both count the same way."""
+    task = get_task("CB")
+    examples = task.read(superglue_dir, "val")
+    tokenizer = ByT5Tokenizer()  # bytes: no vocabulary file, nothing downloaded
+    assert not tokenizer.is_fast
+    lengths = [len(tokenizer(e.texts[0], e.texts[1])["input_ids"]) for e in examples]
+    features, truncated = encode(task, examples, tokenizer, 64)
+    assert truncated == sum(n > 64 for n in lengths) > 0
+    assert max(len(f["input_ids"]) for f in features) == 64
 
 
 def test_diagnostic_needs_a_model_with_the_same_labels(tiny_model, tmp_path, capsys):
