@@ -4,7 +4,8 @@
 Each model predicts the task's first dev split once; for every pair of models the dev examples are resampled with
 replacement, the same resample for both (paired), and the difference of their task scores (the mean of the task's
 metrics, :func:`finetune.metrics.compute_metrics`) gets a 95% BCa confidence interval from
-``scipy.stats.bootstrap`` (``--resamples``, seeded). On CB's 56 dev examples one example moves accuracy by 1.8
+``scipy.stats.bootstrap`` (``--resamples``, seeded; the percentile interval where BCa is undefined because every
+resample gives the same difference). On CB's 56 dev examples one example moves accuracy by 1.8
 points: the interval says which differences a dev set this small can resolve.
 
 Usage:
@@ -99,11 +100,14 @@ def main(argv=None) -> int:
         score = {label: compute_metrics(task, p[idx], rows)["score"] for label, p in predictions.items()}
         return np.array([100 * (score[x] - score[y]) for x, y in pairs])
 
-    ci = bootstrap((np.arange(len(dev)),), differences, vectorized=False, n_resamples=args.resamples,
-                   confidence_level=0.95, method="BCa", random_state=0).confidence_interval
+    res = bootstrap((np.arange(len(dev)),), differences, vectorized=False, n_resamples=args.resamples,
+                    confidence_level=0.95, method="BCa", random_state=0)
     for k, (x, y) in enumerate(pairs):
+        low, high = float(res.confidence_interval.low[k]), float(res.confidence_interval.high[k])
+        if np.isnan(low) or np.isnan(high):  # BCa is undefined when every resample gives one value (CoLA at MCC 0)
+            low, high = np.percentile(res.bootstrap_distribution[k], [2.5, 97.5])
         result["differences"].append({"pair": f"{x} - {y}", "difference": round(100 * (scores[x] - scores[y]), 2),
-                                      "ci95": [round(float(ci.low[k]), 2), round(float(ci.high[k]), 2)]})
+                                      "ci95": [round(float(low), 2), round(float(high), 2)]})
     print(json.dumps({k: v for k, v in result.items() if k != "differences"}))
     print("| pair | difference (points) | 95% CI |\n|---|---|---|")
     for d in result["differences"]:
