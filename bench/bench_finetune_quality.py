@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                            early_stopping_patience=0, warmup_fraction=0.1, weight_decay=0.01)
         run = RunConfig(task=name, model=args.model, output_dir=str(out / "a"), predict_test=False, train=base)
         oracle = run.task_dir  # (a)'s model, Agora's oracle
-        needs_a = "a" in args.methods or ("c" in args.methods and "c" not in row)
+        needs_a = "a" in args.methods or any(m in args.methods and m not in row for m in ("c", "c_holdout"))
         if needs_a and ("a" not in row or not (oracle / "config.json").is_file()):
             t0 = time.time()
             result, model, tokenizer = run_once(run, save=False, progress=False)
