@@ -77,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["a", "b", "c"], choices=METHODS,
                    help="methods to run (default: a b c); c_no_examples is Agora adding no examples, an ablation of "
                         "its rounds, replay and warm start; c_holdout mines errors on held-out training examples "
-                        "(200, at most a fifth) instead of dev, so dev stays clean. A method already in the output's results.json is kept")
+                        "(200, at most a fifth) instead of dev, so dev stays clean. A method already in the output's "
+                        "results.json is kept")
     p.add_argument("--space", default="", help="JSON/YAML space for (b) and (c) (default: Bort's grid)")
     p.add_argument("--output-dir", default="outputs/bench_finetune", help="output folder (default: %(default)s)")
     return p.parse_args(argv)

@@ -97,14 +97,14 @@ def test_a_budgeted_halving_sweep_spends_exactly_its_budget(tiny_model, tmp_path
     steps = [t.user_attrs.get("steps", 0) for t in trials]
     assert sum(steps) == 50 and max(steps) <= 18 and len(trials) >= 3  # 50 steps do not fit in two trials of 18
     assert trials[-1].user_attrs.get("cut_to_budget") or trials[-1].state == TrialState.PRUNED
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    assert all(t.user_attrs["steps"] in (2, 6, 18) for t in pruned if "cut_to_budget" not in t.user_attrs)  # rungs
+    # where halving stops a trial: test_halving_stops_a_worse_trial_first_at_its_first_rung (the tiny model's
+    # trials here all tie at the majority class, and ties are promoted)
     assert main(args) == 0  # the budget is spent: the same command trains nothing more
     assert len(optuna.load_study(study_name="CB-sweep", storage=storage).trials) == len(trials)
 
 
-@pytest.mark.parametrize("min_steps,rungs", [(0, [2, 6, 18]), (5, [6, 18])], ids=["eval-every", "min-steps-5"])
-def test_halving_stops_a_worse_trial_first_at_its_first_rung(tmp_path, min_steps, rungs):
+@pytest.mark.parametrize("min_steps,first", [(0, 2), (5, 6)], ids=["eval-every", "min-steps-5"])
+def test_halving_stops_a_worse_trial_first_at_its_first_rung(tmp_path, min_steps, first):
     """A trial reporting 0.1 against an earlier one at 0.9 is pruned at the first rung: the first evaluation
     (step 2), or --halving-min-steps rounded up to an evaluation (5 -> 6); never at a step between rungs."""
     run = RunConfig(task="CB", model="m", output_dir=str(tmp_path), train=TrainConfig(eval_every=2, max_steps=18))
@@ -124,7 +124,7 @@ def test_halving_stops_a_worse_trial_first_at_its_first_rung(tmp_path, min_steps
                 stopped_at.append(step)
                 study.tell(worse, state=TrialState.PRUNED)
                 break
-    assert stopped_at == [rungs[0]] * 2
+    assert stopped_at == [first, first]
 
 
 def test_first_rung_rounds_up_to_an_evaluation():
