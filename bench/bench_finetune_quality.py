@@ -16,7 +16,9 @@ so that examples made near dev errors do not lift the dev score it is judged on.
 Results are written to ``results.json`` after every method, and a rerun on the same output skips the methods it holds
 (so (a) and its oracle model are reused). (b) and (c) sample the same space
 (``--space``; default Bort's grid). Training sets larger than ``--max-train-examples`` are subsampled (seeded). Dev
-sets are used whole.
+sets are used whole. ``--seed K`` is one replicate of all three methods: (a)'s seed (head, data order, dropout,
+training subsample), the sweep's grid order and Agora's sample of Θ; run each seed into its own ``--output-dir`` and
+pass them all to ``bench/compare_finetune_methods.py --output-dir``, which averages every method over them.
 
 Usage (the numbers in the README were produced with the command printed at the top of the output):
     python bench/bench_finetune_quality.py --budget-steps 360 --output-dir outputs/bench_finetune
@@ -79,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "its rounds, replay and warm start; c_holdout mines errors on held-out training examples "
                         "(200, at most a fifth) instead of dev, so dev stays clean. A method already in the output's "
                         "results.json is kept")
+    p.add_argument("--seed", type=int, default=0,
+                   help="replicate: (a)'s seed, (b)'s grid order, (c)'s sample of configurations (default: 0)")
     p.add_argument("--space", default="", help="JSON/YAML space for (b) and (c) (default: Bort's grid)")
     p.add_argument("--output-dir", default="outputs/bench_finetune", help="output folder (default: %(default)s)")
     return p.parse_args(argv)
@@ -91,10 +95,17 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     conditions = {"command": " ".join(["python", *sys.argv]), "threads": torch.get_num_threads(),
                   "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                  "budget": f"{args.budget_steps} steps x {args.batch_size} examples per method per task"}
+                  "budget": f"{args.budget_steps} steps x {args.batch_size} examples per method per task",
+                  "seed": args.seed}
     print(json.dumps(conditions))
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name, row in results.items():  # a replicate's methods share one seed (entries before --seed used 0)
+        seeds = {m: entry.get("seed", 0) for m, entry in row.items() if entry.get("seed", 0) != args.seed}
+        if seeds:
+            raise SystemExit(f"{results_path}: {name} {', '.join(seeds)} ran with --seed "
+                             f"{', '.join(map(str, sorted(set(seeds.values()))))}, not {args.seed}: use another "
+                             "--output-dir per seed")
     eval_every = args.eval_every or max(1, args.budget_steps // 18)
     for name in args.tasks:
         task = get_task(name)
@@ -102,7 +113,7 @@ def main(argv=None) -> int:
         base = TrainConfig(learning_rate=args.learning_rate, batch_size=args.batch_size,
                            max_seq_length=args.max_seq_length, max_train_examples=args.max_train_examples,
                            max_steps=args.budget_steps, eval_every=eval_every,
-                           early_stopping_patience=0, warmup_fraction=0.1, weight_decay=0.01)
+                           early_stopping_patience=0, warmup_fraction=0.1, weight_decay=0.01, seed=args.seed)
         run = RunConfig(task=name, model=args.model, output_dir=str(out / "a"), predict_test=False, train=base)
         oracle = run.task_dir  # (a)'s model, Agora's oracle
         needs_a = "a" in args.methods or any(m in args.methods and m not in row for m in ("c", "c_holdout"))
@@ -110,7 +121,8 @@ def main(argv=None) -> int:
             t0 = time.time()
             result, model, tokenizer = run_once(run, save=False, progress=False)
             save_trained(run, task, model, tokenizer, result)
-            row["a"] = {"score": result.score, "metrics": result.dev_metrics, "seconds": time.time() - t0}
+            row["a"] = {"score": result.score, "metrics": result.dev_metrics, "seconds": time.time() - t0,
+                        "seed": args.seed}
             print(name, "a", row["a"], flush=True)
             atomic_write_json(results_path, results)
 
@@ -120,13 +132,13 @@ def main(argv=None) -> int:
             study = run_sweep(RunConfig(task=name, model=args.model, output_dir=str(out / "b"), predict_test=False,
                                         train=per_trial),
                               SweepConfig(sampler="grid", n_trials=args.trials, space=args.space, pruner=args.pruner,
-                                          budget_steps=args.budget_steps,
+                                          budget_steps=args.budget_steps, sampler_seed=args.seed,
                                           halving_min_steps=int(args.first_rung * per_trial.max_steps)),
                               progress=False)
             row["b"] = {"score": study.best_value, "metrics": study.best_trial.user_attrs["dev_metrics"],
                         "params": study.best_trial.params, "trials": len(study.trials),
                         "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
-                        "steps": steps_used(study), "seconds": time.time() - t0}
+                        "steps": steps_used(study), "seconds": time.time() - t0, "seed": args.seed}
             print(name, "b", row["b"], flush=True)
             atomic_write_json(results_path, results)
 
@@ -145,13 +157,13 @@ def main(argv=None) -> int:
                                               mine_on=mine_on, holdout_size=holdout_size,
                                               n_configs=args.agora_configs, max_rounds=args.agora_rounds,
                                               replay=args.agora_rounds, space=args.space,
-                                              warm_start=args.agora_warm_start),
+                                              warm_start=args.agora_warm_start, agora_seed=args.seed),
                                   progress=False)
                 row[method] = {"score": state["best"]["score"], "metrics": state["best"]["metrics"],
                                "rounds": [{k: r[k] for k in ("round", "best_score", "errors", "added", "train_size")}
-                                          for r in state["rounds"]], "seconds": time.time() - t0}
+                                          for r in state["rounds"]], "seconds": time.time() - t0, "seed": args.seed}
             except OracleTooWeak as e:
-                row[method] = {"score": None, "refused": str(e), "seconds": time.time() - t0}
+                row[method] = {"score": None, "refused": str(e), "seconds": time.time() - t0, "seed": args.seed}
             print(name, method, row[method], flush=True)
             atomic_write_json(results_path, results)
     print(table(results, get_metric_names(results)))

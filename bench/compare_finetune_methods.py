@@ -13,6 +13,12 @@ Usage:
     python bench/compare_finetune_methods.py CB a=DIR_A c=DIR_C    # any model folders, labelled
 With ``--output-dir`` (a folder of ``bench/bench_finetune_quality.py``) the models are its methods' kept ones:
 ``a/TASK``, ``b/TASK/sweep/best`` and ``METHOD/TASK/agora/best`` for Agora and its variants.
+
+Replicates: several ``--output-dir`` folders (the benchmark run with ``--seed 0``, ``--seed 1``, ...), or a label given
+several times (``a=DIR0 a=DIR1``), make each method's score the mean over its replicates, on the same dev resample,
+so the interval is that of the seed-averaged difference over dev examples; the per-replicate differences are listed
+beside it (with two or three seeds they show the spread between seeds, they cannot estimate it).
+    python bench/compare_finetune_methods.py CB --output-dir bench/results/cb360_seed0 bench/results/cb360_seed1
 """
 
 from __future__ import annotations
@@ -44,8 +50,11 @@ METHOD_FOLDERS = {"a": "a/{task}", "b": "b/{task}/sweep/best", "c": "c/{task}/ag
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", help="task name, e.g. MRPC")
-    p.add_argument("models", nargs="*", metavar="LABEL=FOLDER", help="fine-tuned model folders to compare")
-    p.add_argument("--output-dir", default="", help="a quality-benchmark output folder: compare its methods' models")
+    p.add_argument("models", nargs="*", metavar="LABEL=FOLDER",
+                   help="fine-tuned model folders to compare; a label given several times is averaged over them")
+    p.add_argument("--output-dir", nargs="+", default=[],
+                   help="quality-benchmark output folders, one per seed: compare their methods' models, each "
+                        "averaged over the folders (a method missing from one of them is left out)")
     p.add_argument("--data-dir", default="", help="the task's benchmark folder (default: the local copy)")
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default: 128)")
     p.add_argument("--resamples", type=int, default=1999, help="bootstrap resamples (default: 1999)")
@@ -53,26 +62,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def model_folders(args: argparse.Namespace) -> dict[str, Path]:
-    """Label -> model folder, from ``--output-dir`` (the methods it holds) and ``LABEL=FOLDER`` arguments.
+def model_folders(args: argparse.Namespace) -> dict[str, list[Path]]:
+    """Label -> its model folders (one per replicate), from ``--output-dir`` (the methods every folder holds) and
+    ``LABEL=FOLDER`` arguments.
 
     Raises:
-        SystemExit: an argument is not LABEL=FOLDER, a folder has no config.json, or fewer than two models.
+        SystemExit: an argument is not LABEL=FOLDER, a folder has no config.json, or fewer than two labels.
     """
-    folders = {}
-    if args.output_dir:
-        for method, pattern in METHOD_FOLDERS.items():
-            folder = Path(args.output_dir) / pattern.format(task=args.task)
-            if (folder / "config.json").is_file():
-                folders[method] = folder
+    folders: dict[str, list[Path]] = {}
+    for method, pattern in METHOD_FOLDERS.items():
+        found = [Path(d) / pattern.format(task=args.task) for d in args.output_dir]
+        present = [(f / "config.json").is_file() for f in found]
+        if all(present) and found:
+            folders[method] = found
+        elif any(present):
+            print(f"{method}: left out, missing from "
+                  f"{', '.join(d for d, ok in zip(args.output_dir, present) if not ok)}", file=sys.stderr)
     for item in args.models:
         label, sep, folder = item.partition("=")
         if not sep or not label or not folder:
             raise SystemExit(f"{item!r}: expected LABEL=FOLDER")
-        folders[label] = Path(folder)
-    for label, folder in folders.items():
-        if not (folder / "config.json").is_file():
-            raise SystemExit(f"{label}: {folder} is not a model folder (no config.json)")
+        folders.setdefault(label, []).append(Path(folder))
+    for label, paths in folders.items():
+        for folder in paths:
+            if not (folder / "config.json").is_file():
+                raise SystemExit(f"{label}: {folder} is not a model folder (no config.json)")
     if len(folders) < 2:
         raise SystemExit(f"need two models or more to compare, found {len(folders)}: {', '.join(folders) or 'none'}")
     return folders
@@ -86,18 +100,23 @@ def main(argv=None) -> int:
     run = RunConfig(task=task.name, data_dir=args.data_dir)
     _, dev_sets = load_splits(task, run.data_path)
     split, dev = next(iter(dev_sets.items()))
-    predictions = {label: predict(load_model(task, str(folder)), load_tokenizer(str(folder)), task, dev,
-                                  args.max_seq_length) for label, folder in folders.items()}
-    scores = {label: compute_metrics(task, p, dev)["score"] for label, p in predictions.items()}
+    predictions = {label: [predict(load_model(task, str(folder)), load_tokenizer(str(folder)), task, dev,
+                                   args.max_seq_length) for folder in paths] for label, paths in folders.items()}
+    replicates = {label: [compute_metrics(task, p, dev)["score"] for p in preds]
+                  for label, preds in predictions.items()}
+    scores = {label: float(np.mean(r)) for label, r in replicates.items()}
     result = {"task": task.name, "split": split, "examples": len(dev), "resamples": args.resamples,
-              "models": {label: str(folder) for label, folder in folders.items()},
-              "dev_score": {label: round(100 * s, 2) for label, s in scores.items()}, "differences": []}
+              "models": {label: [str(f) for f in paths] for label, paths in folders.items()},
+              "dev_score": {label: round(100 * s, 2) for label, s in scores.items()},
+              "replicates": {label: [round(100 * s, 2) for s in r] for label, r in replicates.items()},
+              "differences": []}
     pairs = list(itertools.combinations(folders, 2))
 
-    def differences(idx):  # one resample of dev rows -> every pair's score difference, in points
+    def differences(idx):  # one resample of dev rows -> every pair's difference of replicate means, in points
         idx = idx.astype(int)
         rows = [dev[i] for i in idx]
-        score = {label: compute_metrics(task, p[idx], rows)["score"] for label, p in predictions.items()}
+        score = {label: np.mean([compute_metrics(task, p[idx], rows)["score"] for p in preds])
+                 for label, preds in predictions.items()}
         return np.array([100 * (score[x] - score[y]) for x, y in pairs])
 
     res = bootstrap((np.arange(len(dev)),), differences, vectorized=False, n_resamples=args.resamples,
@@ -106,12 +125,17 @@ def main(argv=None) -> int:
         low, high = float(res.confidence_interval.low[k]), float(res.confidence_interval.high[k])
         if np.isnan(low) or np.isnan(high):  # BCa is undefined when every resample gives one value (CoLA at MCC 0)
             low, high = np.percentile(res.bootstrap_distribution[k], [2.5, 97.5])
+        # replicate k of one label against replicate k of the other (the same seed), where both have as many
+        paired = ([round(100 * (a - b), 2) for a, b in zip(replicates[x], replicates[y])]
+                  if len(replicates[x]) == len(replicates[y]) > 1 else [])
         result["differences"].append({"pair": f"{x} - {y}", "difference": round(100 * (scores[x] - scores[y]), 2),
-                                      "ci95": [round(float(low), 2), round(float(high), 2)]})
+                                      "ci95": [round(float(low), 2), round(float(high), 2)],
+                                      "per_replicate": paired})
     print(json.dumps({k: v for k, v in result.items() if k != "differences"}))
-    print("| pair | difference (points) | 95% CI |\n|---|---|---|")
+    print("| pair | difference (points) | 95% CI | per replicate |\n|---|---|---|---|")
     for d in result["differences"]:
-        print(f"| {d['pair']} | {d['difference']:+.2f} | [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |")
+        print(f"| {d['pair']} | {d['difference']:+.2f} | [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
+              + ", ".join(f"{v:+.1f}" for v in d["per_replicate"]) + " |")
     if args.json:
         atomic_write_json(Path(args.json), result)
     return 0
