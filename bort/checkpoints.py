@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 from pathlib import Path
@@ -38,15 +39,16 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
-def save_checkpoint(root: str | os.PathLike, step: int, state: dict, config: dict, *, keep: int) -> Path:
-    """Write ``state`` (torch-serialisable) and ``config`` (JSON) as checkpoint ``step``; delete all but the newest
-    ``keep``. Returns the checkpoint folder."""
+def save_checkpoint(root: str | os.PathLike, step: int, state: dict, config: dict, *, keep: int,
+                    config_file: str = CONFIG_FILE) -> Path:
+    """Write ``state`` (torch-serialisable) and ``config`` (JSON, as ``config_file``) as checkpoint ``step``; delete
+    all but the newest ``keep``. Returns the checkpoint folder."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     with atomic_folder(final) as tmp:  # the same step saved again after a resume replaces the old copy
         torch.save(state, tmp / STATE_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        (tmp / config_file).write_text(json.dumps(config, indent=2, default=str))
     for stale in list_checkpoints(root)[:-keep]:
         shutil.rmtree(stale)
     return final
@@ -79,3 +81,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"--resume {path}: cannot read {STATE_FILE} ({str(exc).splitlines()[0]})") from exc
+
+
+def rng_state() -> dict:
+    """The generators a training step draws from (torch's CPU generator for dropout and the data loader's seed,
+    Python's, and CUDA's where present), for a checkpoint; readable with ``weights_only=True``."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore generators saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from bort.architecture import Architecture, ArchitectureError
-from bort.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from bort.checkpoints import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from bort.distill import DistillationLoss, DistillOutputs, forward_for_distillation
 from bort.distributed import SingleProcess, engine
 from bort.modeling import TeacherError, build_student, extract_student, load_teacher, set_dropout, teacher_has_head
@@ -274,20 +281,6 @@ class CsvLog:
 
 # --- the run ------------------------------------------------------------------------------------------------------
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _check_output_dir(config: PretrainingConfig, out: Path) -> None:
     """Refuse a folder holding another run (without --resume) or one that cannot be created; create nothing."""
     if config.resume is None and (list_checkpoints(out / "checkpoints") or (out / "model").exists()):
@@ -426,7 +419,7 @@ class _Run:
         self.step, self.last_checkpoint = state["step"], path
         rng = state["rng"]
         if len(rng) == self.eng.world_size:
-            _set_rng_state(rng[self.eng.rank])
+            set_rng_state(rng[self.eng.rank])
         else:
             logger.warning("resuming on %d processes a run saved on %d: dropout draws differ from an uninterrupted "
                            "run", self.eng.world_size, len(rng))
@@ -546,7 +539,7 @@ class _Run:
         return metrics
 
     def _save_checkpoint(self) -> None:
-        rng = self.eng.gather_object(_rng_state())
+        rng = self.eng.gather_object(rng_state())
         if self.eng.is_main:
             state = {"step": self.step, "architecture": self.arch.to_dict(), "loss_weights": self.loss_fn.weights,
                      "batch_size": self.config.batch_size, "max_steps": self.config.max_steps,

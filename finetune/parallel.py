@@ -26,11 +26,12 @@ class ParallelRuns:
         self.engine = engine
         self._training = False
 
-    def run_once(self, config, train_examples=None, save: bool = True, on_evaluate=None, progress: bool = True):
+    def run_once(self, config, train_examples=None, save: bool = True, on_evaluate=None, progress: bool = True,
+                 resumable: bool = False):
         """:func:`finetune.pipeline.run_once` on all ranks (called on rank 0; same arguments and result)."""
         if self.engine.world_size == 1:
-            return run_once(config, train_examples, save, on_evaluate, progress)
-        self.engine.gather_object({"config": config, "train_examples": train_examples})
+            return run_once(config, train_examples, save, on_evaluate, progress, resumable=resumable)
+        self.engine.gather_object({"config": config, "train_examples": train_examples, "resumable": resumable})
 
         def report(step: int, score: float) -> None:
             try:
@@ -43,7 +44,7 @@ class ParallelRuns:
             self.engine.gather_object(False)
 
         self._training = True
-        result = run_once(config, train_examples, save, report, progress, engine=self.engine)
+        result = run_once(config, train_examples, save, report, progress, engine=self.engine, resumable=resumable)
         self._training = False
         return result
 
@@ -57,7 +58,7 @@ class ParallelRuns:
 
             try:
                 run_once(job["config"], job["train_examples"], save=False, on_evaluate=stop_if_told, progress=False,
-                         engine=self.engine)
+                         engine=self.engine, resumable=job["resumable"])
             except _StoppedByRankZero:
                 pass
             n += 1

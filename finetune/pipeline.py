@@ -32,12 +32,21 @@ class RunConfig:
     output_dir: str = field(default="outputs/finetune", metadata={"help": "output folder (one sub-folder per task)"})
     predict_test: bool = field(default=True, metadata={
         "help": "write test-set predictions in the leaderboard format (and the task's diagnostics)"})
+    save_steps: int = field(default=500, metadata={
+        "help": "--mode run: steps between resumable checkpoints in OUTPUT_DIR/checkpoints/TASK (0: none); the same "
+                "command started again after an interruption continues from the newest one, which is deleted when "
+                "the run ends"})
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         self.task = get_task(self.task).name
         if not self.model:
             self.model = default_teacher()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where a resumable run keeps its checkpoints until it ends."""
+        return Path(self.output_dir) / "checkpoints" / self.task
 
     @property
     def task_dir(self) -> Path:
@@ -94,7 +103,8 @@ def predict_tests(task: Task, model, tokenizer, data_dir: Path, folder: Path, ma
 
 
 def run_once(config: RunConfig, train_examples: list[Example] | None = None, save: bool = True,
-             on_evaluate=None, progress: bool = True, engine=None) -> tuple[RunResult, object, object]:
+             on_evaluate=None, progress: bool = True, engine=None, resumable: bool = False
+             ) -> tuple[RunResult, object, object]:
     """Fine-tune ``config.model`` on ``config.task``; save the best checkpoint into ``config.task_dir`` with its
     dev metrics, resolved config and test predictions (``predictions/``).
 
@@ -104,6 +114,8 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
         save: write the model folder (a sweep saves only its best trial).
         on_evaluate: passed to :func:`finetune.trainer.train`.
         engine: a data-parallel engine (:mod:`bort.distributed`) whose ranks all call this; only rank 0 saves.
+        resumable: checkpoint every ``config.save_steps`` steps into ``config.checkpoint_dir`` and continue from
+            the newest checkpoint there (see :func:`finetune.trainer.train`); the caller deletes it when done.
 
     Returns:
         The run's result, the fine-tuned model (at its best dev checkpoint) and its tokenizer.
@@ -115,7 +127,8 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
     set_seed(config.train.seed)  # the fresh head's initialisation follows the configuration's seed
     model = load_model(task, config.model)
     result = train(task, model, tokenizer, train_examples if train_examples is not None else train_file_examples,
-                   dev_sets, config.train, on_evaluate=on_evaluate, progress=progress, engine=engine)
+                   dev_sets, config.train, on_evaluate=on_evaluate, progress=progress, engine=engine,
+                   checkpoint=config.checkpoint_dir if resumable else None, save_steps=config.save_steps)
     if save and (engine is None or engine.is_main):
         save_trained(config, task, model, tokenizer, result, data_dir)
     return result, model, tokenizer

@@ -9,7 +9,9 @@ Examples:
     horovodrun -np 2 python finetune/run_finetune.py CB --mode sweep       # data-parallel trials
 
 Outputs go to ``--output-dir/TASK/`` (run), ``.../sweep/`` or ``.../agora/``; a summary table of all tasks is
-printed and written to ``--output-dir/summary.md``. Exit status 2 on bad input (message on one line).
+printed and written to ``--output-dir/summary.md``. Exit status 2 on bad input (message on one line). A run
+(``--mode run``) saves a checkpoint every ``--save-steps`` steps: after an interruption the same command continues
+from it and ends as the uninterrupted run would; sweeps and Agora resume by whole trials and rounds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
 
 from bort.distributed import ENGINES, DistributedError, engine  # noqa: E402
 from data.files import atomic_write_text  # noqa: E402
@@ -131,8 +134,9 @@ def _run_task(args: argparse.Namespace, run, runs) -> dict | None:
             print(f"{task.name}: wrote {entry['file']}" + (f" {entry['metrics']}" if "metrics" in entry else ""))
         return None
     if args.mode == "run":
-        result, model, tokenizer = runs.run_once(run, save=False, progress=not args.quiet)
+        result, model, tokenizer = runs.run_once(run, save=False, progress=not args.quiet, resumable=True)
         folder = save_trained(run, task, model, tokenizer, result)
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)  # the run is whole: nothing left to resume
         print(f"{task.name}: model and dev metrics in {folder}")
         return {"task": task.name, "method": "run", "metrics": next(iter(result.dev_metrics.values())),
                 "score": result.score, "config": dataclasses.asdict(run.train)}

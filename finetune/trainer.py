@@ -12,12 +12,14 @@ stopping on all ranks.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,6 +39,14 @@ from transformers import (
     set_seed,  # Python, NumPy and torch generators (and CUDA where present) from one seed
 )
 
+from bort.checkpoints import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from bort.distributed import SingleProcess
 from bort.training import parameter_groups
 from data.files import atomic_folder
@@ -330,6 +340,8 @@ def train(
     on_evaluate: Callable[[int, float], None] | None = None,
     progress: bool = True,
     engine: SingleProcess | None = None,
+    checkpoint: Path | None = None,
+    save_steps: int = 0,
 ) -> RunResult:
     """Fine-tune ``model`` in place and leave it at its best dev checkpoint.
 
@@ -345,9 +357,17 @@ def train(
         progress: show a tqdm bar (rank 0 only).
         engine: the data-parallel engine (:func:`bort.distributed.init_engine`); default one process. Each of its
             ranks takes ``config.batch_size`` examples per step, so the global batch is ``world_size`` times that.
+        checkpoint: a folder for resumable checkpoints (``step-NNNNNNNN/``, the newest kept), written by rank 0 every
+            ``save_steps`` steps and read at the start: a run interrupted at any point and started again with the same
+            model, data, hyperparameters and number of processes continues from the newest one and ends as the
+            uninterrupted run would (same batches, dropout draws, optimizer and schedule state, best checkpoint).
+        save_steps: steps between checkpoints (0: none).
 
     Returns:
         The best dev metrics (all splits, at the checkpoint chosen on the first split) and the training history.
+
+    Raises:
+        CheckpointError (a ValueError): ``checkpoint`` holds a checkpoint of another run, or an unreadable one.
     """
     set_seed(config.seed)
     engine = engine or SingleProcess()
@@ -371,20 +391,38 @@ def train(
     total = config.max_steps if config.max_steps > 0 else math.ceil(len(loader) * config.num_train_epochs)
     eval_every = config.eval_every or len(loader)
     model.to(engine.device())
+    fingerprint = run_fingerprint(task, config, features, model, engine.world_size) if checkpoint else ""
+    resumed = _resumable_state(Path(checkpoint), fingerprint) if checkpoint else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
     module = engine.wrap(model)
     optimizer = _optimizer(model, config)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total), total)
 
     best_score, best_state, best_metrics, best_step, bad_evals = -math.inf, None, {}, 0, 0
     history: list[dict] = []
-    step, epoch = 0, 0
-    bar = tqdm(total=total, desc=f"{task.name} lr={config.learning_rate:g} bs={config.batch_size} seed={config.seed}",
-               disable=not progress or not engine.is_main, leave=False)
+    step, epoch, in_epoch, rng = 0, 0, 0, None
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        step, epoch, in_epoch, rng = resumed["step"], resumed["epoch"], resumed["in_epoch"], resumed["rng"][engine.rank]
+        best_score, best_state, best_metrics = resumed["best_score"], resumed["best_model"], resumed["best_metrics"]
+        best_step, bad_evals, history = resumed["best_step"], resumed["bad_evals"], resumed["history"]
+    bar = tqdm(total=total, initial=step, leave=False, disable=not progress or not engine.is_main,
+               desc=f"{task.name} lr={config.learning_rate:g} bs={config.batch_size} seed={config.seed}")
     stop = False
     while step < total and not stop:
         sampler.set_epoch(epoch)
         module.train()
-        for batch in loader:
+        batches = iter(loader)  # draws the loader's seed from torch's generator
+        if rng is not None:  # resuming: the generators as the interrupted run left them, this epoch's done batches
+            set_rng_state(rng)
+            rng = None
+            for _ in itertools.islice(batches, in_epoch):
+                pass
+        else:
+            in_epoch = 0
+        for batch in batches:
             loss = _loss(task, _logits(module, batch, task), batch["labels"])
             loss.backward()
             engine.reduce_gradients(model.parameters())
@@ -393,6 +431,7 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            in_epoch += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == total:
@@ -413,11 +452,52 @@ def train(
                     stop = True
             if step >= total or stop:
                 break
+            if checkpoint and save_steps > 0 and step % save_steps == 0:
+                rngs = engine.gather_object(rng_state())  # each rank's own: dropout draws differ between ranks
+                if engine.is_main:
+                    save_checkpoint(checkpoint, step, {
+                        "fingerprint": fingerprint, "step": step, "epoch": epoch, "in_epoch": in_epoch, "rng": rngs,
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "best_score": best_score, "best_model": best_state,
+                        "best_metrics": best_metrics, "best_step": best_step, "bad_evals": bad_evals,
+                        "history": history}, {"task": task.name, "train": asdict(config), "step": step,
+                                              "processes": engine.world_size}, keep=1, config_file=CHECKPOINT_CONFIG)
         epoch += 1
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     return RunResult(best_metrics, best_step, step, history, truncated)
+
+
+CHECKPOINT_CONFIG = "finetune_checkpoint.json"
+
+
+def run_fingerprint(task: Task, config: TrainConfig, features: list[dict], model: torch.nn.Module,
+                    world_size: int) -> str:
+    """SHA-256 of what decides a run's course: the task, the hyperparameters, the encoded training set (data and
+    tokenizer), the initial weights (model and fresh head) and the number of processes. A checkpoint resumes only a run
+    with the same fingerprint."""
+    h = hashlib.sha256(json.dumps({"task": task.name, "train": asdict(config), "processes": world_size},
+                                  sort_keys=True).encode())
+    h.update(json.dumps(features).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float64 if tensor.is_floating_point() else torch.int64)
+                 .numpy().tobytes())
+    return h.hexdigest()
+
+
+def _resumable_state(folder: Path, fingerprint: str) -> dict | None:
+    """The newest checkpoint in ``folder`` (None: none yet); refused when another run wrote it."""
+    found = list_checkpoints(folder)
+    if not found:
+        return None
+    state = load_checkpoint(found[-1])
+    if state.get("fingerprint") != fingerprint:
+        raise CheckpointError(f"{found[-1]}: a checkpoint of another run (another model, data, hyperparameters or "
+                              f"number of processes); delete {folder} to start over, or use another --output-dir")
+    logger.warning("resuming from step %d (%s)", state["step"], found[-1])
+    return state
 
 
 def _evaluate(model, task: Task, dev_sets, dev_features, collate, batch_size: int) -> dict[str, dict[str, float]]:

@@ -2,12 +2,20 @@
 
 import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForSequenceClassification, ByT5Tokenizer
 
+from bort.checkpoints import list_checkpoints
 from finetune.run_finetune import main
 from finetune.tasks import get_task
 from finetune.trainer import TrainConfig, _loss, encode, load_model, load_tokenizer, set_seed, train
@@ -31,6 +39,41 @@ def test_one_run_saves_model_metrics_config_and_submission(tiny_model, tmp_path,
     lines = (folder / "predictions" / "CB.jsonl").read_text().splitlines()
     assert len(lines) == 250 and [json.loads(x)["idx"] for x in lines] == list(range(250))
     assert (folder / "tokenizer.json").is_file() and "| CB | run |" in (out / "summary.md").read_text()
+
+
+def test_a_killed_run_started_again_ends_as_if_never_killed(tiny_model, tmp_path, caplog):
+    """SIGKILL once the first checkpoint exists (whenever that lands between two checkpoints); the same command then
+    resumes from the newest checkpoint, writes the same model and history as a run never killed, and deletes it."""
+    script = Path(__file__).resolve().parents[2] / "finetune" / "run_finetune.py"
+    args = ["CB", "--model", str(tiny_model), "--max-steps", "120", "--eval-every", "40", "--save-steps", "10",
+            "--early-stopping-patience", "0", "--max-seq-length", "64", "--learning-rate", "1e-3", "--batch-size", "8",
+            "--no-predict-test", "--quiet", "--threads", "1"]  # the killed process's thread count, for equal sums
+    killed, checkpoints = tmp_path / "killed", tmp_path / "killed" / "checkpoints" / "CB"
+    proc = subprocess.Popen([sys.executable, str(script), *args, "--output-dir", str(killed)],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list_checkpoints(checkpoints) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL  # killed during the run, not after it
+    saved = int(list_checkpoints(checkpoints)[-1].name.split("-")[1])
+    assert 0 < saved < 120 and not (killed / "CB").exists()
+    threads = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert main([*args, "--output-dir", str(killed)]) == 0
+            assert f"resuming from step {saved} " in caplog.text
+            caplog.clear()
+            assert main([*args, "--output-dir", str(tmp_path / "whole")]) == 0
+            assert "resuming" not in caplog.text
+    finally:
+        torch.set_num_threads(threads)
+    metrics = [json.loads((out / "CB" / "dev_metrics.json").read_text()) for out in (killed, tmp_path / "whole")]
+    assert metrics[0] == metrics[1] and metrics[0]["steps"] == 120 and len(metrics[0]["history"]) == 3
+    weights = [load_file(out / "CB" / "model.safetensors") for out in (killed, tmp_path / "whole")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+    assert not checkpoints.exists()
 
 
 @pytest.mark.parametrize("name", ["STS-B", "COPA"])

@@ -1,4 +1,4 @@
-"""The trainer's prediction order and optimizer on a tiny model and real task files."""
+"""The trainer's prediction order, optimizer and resumable checkpoints on a tiny model and real task files."""
 
 import json
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from bort.checkpoints import CheckpointError, list_checkpoints
 from finetune.tasks import get_task
 from finetune.trainer import (TrainConfig, _optimizer, encode, load_model, load_tokenizer, make_collate,
-                              predict_logits, set_seed)
+                              predict_logits, set_seed, train)
 
 
 def _write_record(root):
@@ -56,3 +57,51 @@ def test_optimizer_is_fused_adamw_without_decay_on_biases_and_layernorm(tiny_mod
     assert "bert.encoder.layer.0.attention.self.query.weight" in names and "classifier.weight" in names
     assert not any(n.endswith(".bias") or "LayerNorm" in n for n in names)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+class _Interrupt(Exception):
+    """Stands for Ctrl-C or a kill between two checkpoints."""
+
+
+def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning_rate=1e-3):
+    """A CB run of 12 steps on the tiny model with dropout on (so the resumed run must restore the generators),
+    dev every 4 steps, a checkpoint every 3 steps into ``checkpoint``; interrupted at step ``interrupt_at``."""
+    task = get_task("CB")
+    train_rows, dev = task.read(superglue_dir, "train")[:64], task.read(superglue_dir, "val")[:24]
+    set_seed(0)
+    tokenizer, model = load_tokenizer(str(tiny_model)), load_model(task, str(tiny_model))
+
+    def stop(step, score):
+        if step == interrupt_at:
+            raise _Interrupt
+
+    config = TrainConfig(learning_rate=learning_rate, batch_size=8, max_steps=12, eval_every=4,
+                         early_stopping_patience=0, max_seq_length=64)
+    result = train(task, model, tokenizer, train_rows, {"val": dev}, config, on_evaluate=stop, progress=False,
+                   checkpoint=checkpoint, save_steps=3)
+    return result, model
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_model, superglue_dir, tmp_path, caplog):
+    """8 batches make an epoch: the checkpoint at step 6 is mid-epoch, two steps before the interruption at 8."""
+    whole, whole_model = _cb_run(tiny_model, superglue_dir)
+    with pytest.raises(_Interrupt):
+        _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", interrupt_at=8)
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["step-00000006"]
+    with caplog.at_level("WARNING", logger="finetune.trainer"):
+        resumed, resumed_model = _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt")
+    assert "resuming from step 6" in caplog.text
+    assert resumed.history == whole.history and len(whole.history) == 3
+    assert (resumed.best_step, resumed.dev_metrics) == (whole.best_step, whole.dev_metrics)
+    for (name, a), b in zip(whole_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    fresh, _ = _cb_run(tiny_model, superglue_dir, tmp_path / "fresh")  # checkpointing itself changes nothing
+    assert fresh.history == whole.history
+
+
+def test_a_checkpoint_of_another_run_is_refused(tiny_model, superglue_dir, tmp_path):
+    with pytest.raises(_Interrupt):
+        _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", interrupt_at=4)
+    with pytest.raises(CheckpointError, match="another run.*delete"):
+        _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", learning_rate=2e-3)
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["step-00000003"]  # kept as it was
