@@ -8,7 +8,10 @@ With the real teacher (all-MiniLM-L6-v2 + a fresh head) on a task's real files, 
   order (the baseline), checking that both give the same logits;
 - tokenizing the whole training set with ``finetune.trainer.encode`` (one truncating pass, the truncation count read
   from the fast tokenizer's encodings) and with a second, untruncated pass that counts (the baseline), checking that
-  both give the same features and count.
+  both give the same features and count;
+- what makes a run resumable: writing one checkpoint (model, fused AdamW state, best weights; every ``--save-steps``
+  steps of a run) as a share of 500 training steps, and the run's fingerprint over the whole training set (once per
+  start).
 Prints seconds per step / per pass, their ratios and tokens per second. Nothing else may run meanwhile.
 Usage: ``OMP_NUM_THREADS=2 python bench/bench_finetune_speed.py --task MRPC``.
 """
@@ -24,17 +27,19 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from bort.checkpoints import STATE_FILE, save_checkpoint  # noqa: E402
 from bort.training import parameter_groups  # noqa: E402
 from finetune.pipeline import RunConfig, load_splits  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
 from finetune.trainer import (TrainConfig, _logits, _loss, _optimizer, _pairs, encode, load_model,  # noqa: E402
-                              load_tokenizer, make_collate, predict_logits, subsample)
+                              load_tokenizer, make_collate, predict_logits, run_fingerprint, subsample)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -137,6 +142,17 @@ def main(argv=None) -> int:
                                 "two_pass_s": round(baseline_s, 3), "one_pass_s": round(ours_s, 3),
                                 "speedup": round(baseline_s / ours_s, 3),
                                 "one_pass_examples_per_s": round(len(train_examples) / ours_s)}
+
+    state = {"model": model.state_dict(), "optimizer": fused.state_dict(),
+             "best_model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_s, folder = best_of(lambda: save_checkpoint(tmp, 1, state, {}, keep=1), args.repeats)
+        size = (folder / STATE_FILE).stat().st_size
+    fingerprint_s, _ = best_of(lambda: run_fingerprint(task, TrainConfig(), our_features, model, 1), args.repeats)
+    step_s = result["trainer (fused AdamW)"]["step_s"]
+    result["checkpoint"] = {"save_s": round(save_s, 3), "megabytes": round(size / 2**20, 1),
+                            "share_of_500_steps": round(save_s / (500 * step_s), 5),
+                            "fingerprint_s": round(fingerprint_s, 3), "fingerprint_examples": len(our_features)}
     print(json.dumps(result, indent=1))
     return 0
 
