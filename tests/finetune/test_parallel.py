@@ -1,10 +1,13 @@
 """Data-parallel fine-tuning under real launchers: 2 processes of batch b train exactly like 1 process of batch 2b,
-for one run (torchrun and horovodrun), a sweep with a pruned trial (horovodrun) and an Agora round (torchrun)."""
+for one run (torchrun and horovodrun; killed and resumed under torchrun), a sweep with a pruned trial (horovodrun)
+and an Agora round (torchrun)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -14,6 +17,7 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from bort.checkpoints import list_checkpoints
 from finetune.run_finetune import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +54,14 @@ def _common(model: Path, out: Path, batch_size: int) -> list[str]:
             "--warmup-fraction", "0", "--early-stopping-patience", "0", "--no-predict-test", "--quiet"]
 
 
-def _launch(launcher: list[str], args: list[str]) -> None:
+def _launch(launcher: list[str], args: list[str]) -> str:
+    """Run the entry point under ``launcher``; its stderr."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([*launcher, str(SCRIPT), *args], env=env, capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 0, f"{launcher[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n" \
                                  f"{proc.stderr[-3000:]}"
+    return proc.stderr
 
 
 def _torchrun(free_port) -> list[str]:
@@ -97,6 +103,45 @@ def test_horovodrun_run_matches_one_process(tiny_model_without_dropout, one_proc
     _launch(_horovodrun(horovodrun),
             [*RUN, *_common(tiny_model_without_dropout, tmp_path, 4)])
     _same_model(one_process_run, tmp_path / "CB")
+
+
+def _kill_every_process_of(marker: str) -> int:
+    """SIGKILL the processes whose command line holds ``marker``, and wait until they are gone; how many there were.
+    (torchrun starts each rank in a session of its own: killing the launcher or its process group leaves them.)"""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+                pids.append(int(entry.name))
+        except (OSError, ProcessLookupError):  # ended meanwhile
+            continue
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}/cmdline").is_file() and Path(f"/proc/{pid}/cmdline").read_bytes()
+              for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)  # a killed process keeps an empty command line until its parent reaps it
+    return len(pids)
+
+
+def test_torchrun_run_killed_and_started_again_matches_one_process(tiny_model_without_dropout, tmp_path, free_port):
+    """Both ranks resume from rank 0's checkpoint (each with its own generators and its share of the batches)."""
+    run = ["CB", "--max-steps", "40", "--eval-every", "20", "--save-steps", "4"]
+    assert main([*run, *_common(tiny_model_without_dropout, tmp_path / "one", 8)]) == 0
+    killed, checkpoints = tmp_path / "two", tmp_path / "two" / "checkpoints" / "CB"
+    proc = subprocess.Popen([*_torchrun(free_port), str(SCRIPT), *run, *_common(tiny_model_without_dropout, killed, 4)],
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list_checkpoints(checkpoints) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _kill_every_process_of(str(killed)) == 3  # the launcher and both ranks
+    assert proc.wait() == -signal.SIGKILL
+    saved = int(list_checkpoints(checkpoints)[-1].name.split("-")[1])
+    assert 0 < saved < 40 and not (killed / "CB").exists()
+    log = _launch(_torchrun(free_port), [*run, *_common(tiny_model_without_dropout, killed, 4)])
+    assert f"resuming from step {saved} " in log, log[-3000:]
+    _same_model(tmp_path / "one" / "CB", killed / "CB")
+    assert not checkpoints.exists()
 
 
 def test_horovodrun_sweep_with_a_pruned_trial_matches_one_process(tiny_model_without_dropout, small_sst2, tmp_path,
