@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -137,6 +138,8 @@ def _run_task(args: argparse.Namespace, run, runs) -> dict | None:
         result, model, tokenizer = runs.run_once(run, save=False, progress=not args.quiet, resumable=True)
         folder = save_trained(run, task, model, tokenizer, result)
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)  # the run is whole: nothing left to resume
+        with contextlib.suppress(OSError):  # the last task's run leaves no empty checkpoints/ behind
+            run.checkpoint_dir.parent.rmdir()
         print(f"{task.name}: model and dev metrics in {folder}")
         return {"task": task.name, "method": "run", "metrics": next(iter(result.dev_metrics.values())),
                 "score": result.score, "config": dataclasses.asdict(run.train)}

@@ -73,7 +73,7 @@ def test_a_killed_run_started_again_ends_as_if_never_killed(tiny_model, tmp_path
     assert metrics[0] == metrics[1] and metrics[0]["steps"] == 120 and len(metrics[0]["history"]) == 3
     weights = [load_file(out / "CB" / "model.safetensors") for out in (killed, tmp_path / "whole")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
-    assert not checkpoints.exists()
+    assert not checkpoints.parent.exists()
 
 
 @pytest.mark.parametrize("name", ["STS-B", "COPA"])
