@@ -80,7 +80,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"--resume {path}: cannot read {STATE_FILE} ({str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(f"{path}: cannot read {STATE_FILE} ({str(exc).splitlines()[0]})") from exc
 
 
 def rng_state() -> dict:
