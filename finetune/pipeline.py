@@ -39,6 +39,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.save_steps < 0:
+            raise ValueError(f"--save-steps must be >= 0 (0: no checkpoints), got {self.save_steps}")
         self.task = get_task(self.task).name
         if not self.model:
             self.model = default_teacher()

@@ -98,6 +98,11 @@ def test_unknown_task_exits_2_listing_tasks(capsys):
     assert "unknown task 'NOPE'" in err and "MRPC" in err and "ReCoRD" in err
 
 
+def test_negative_save_steps_exit_2_naming_the_option(capsys, tmp_path):
+    assert main(["CB", "--save-steps", "-1", "--output-dir", str(tmp_path)]) == 2
+    assert "--save-steps must be >= 0" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
 def test_missing_data_file_exits_2_naming_it(tiny_model, tmp_path, capsys):
     assert main(["RTE", "--model", str(tiny_model), "--data-dir", str(tmp_path), *TINY]) == 2
     assert f"{tmp_path}/RTE/train.tsv: file not found" in capsys.readouterr().err
