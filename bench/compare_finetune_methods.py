@@ -18,7 +18,7 @@ Replicates: several ``--output-dir`` folders (the benchmark run with ``--seed 0`
 several times (``a=DIR0 a=DIR1``), make each method's score the mean over its replicates, on the same dev resample,
 so the interval is that of the seed-averaged difference over dev examples; the per-replicate differences are listed
 beside it (with two or three seeds they show the spread between seeds, they cannot estimate it).
-    python bench/compare_finetune_methods.py CB --output-dir bench/results/cb360_seed0 bench/results/cb360_seed1
+    python bench/compare_finetune_methods.py CB --output-dir DIR_SEED0 DIR_SEED1 DIR_SEED2
 """
 
 from __future__ import annotations
