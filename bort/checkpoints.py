@@ -48,7 +48,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, state: dict, config: dic
     final = root / checkpoint_name(step)
     with atomic_folder(final) as tmp:  # the same step saved again after a resume replaces the old copy
         torch.save(state, tmp / STATE_FILE)
-        (tmp / config_file).write_text(json.dumps(config, indent=2, default=str))
+        (tmp / config_file).write_text(json.dumps(config, indent=2))
     for stale in list_checkpoints(root)[:-keep]:
         shutil.rmtree(stale)
     return final

@@ -482,8 +482,7 @@ def run_fingerprint(task: Task, config: TrainConfig, features: list[dict], model
     h.update(json.dumps(features).encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().to("cpu", torch.float64 if tensor.is_floating_point() else torch.int64)
-                 .numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # raw bytes, any dtype
     return h.hexdigest()
 
 
