@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -105,22 +106,18 @@ def test_horovodrun_run_matches_one_process(tiny_model_without_dropout, one_proc
     _same_model(one_process_run, tmp_path / "CB")
 
 
-def _kill_every_process_of(marker: str) -> int:
-    """SIGKILL the processes whose command line holds ``marker``, and wait until they are gone; how many there were.
-    (torchrun starts each rank in a session of its own: killing the launcher or its process group leaves them.)"""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-                pids.append(int(entry.name))
-        except (OSError, ProcessLookupError):  # ended meanwhile
-            continue
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}/cmdline").is_file() and Path(f"/proc/{pid}/cmdline").read_bytes()
-              for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)  # a killed process keeps an empty command line until its parent reaps it
-    return len(pids)
+def _kill_with_its_children(proc: subprocess.Popen) -> tuple[int, list[list[str]]]:
+    """SIGKILL a launcher and every process under it, and wait until they are gone; the launcher's exit status and its
+    children's command lines. (torchrun starts each rank in a session of its own: killing the launcher or its process
+    group would leave the ranks training.)"""
+    launcher = psutil.Process(proc.pid)
+    children = launcher.children(recursive=True)
+    command_lines = [p.cmdline() for p in children]
+    for p in [launcher, *children]:
+        p.kill()
+    _, alive = psutil.wait_procs([launcher, *children], timeout=30)
+    assert not alive
+    return launcher.wait(), command_lines
 
 
 def test_torchrun_run_killed_and_started_again_matches_one_process(tiny_model_without_dropout, tmp_path, free_port):
@@ -134,8 +131,8 @@ def test_torchrun_run_killed_and_started_again_matches_one_process(tiny_model_wi
     deadline = time.monotonic() + 240
     while not list_checkpoints(checkpoints) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _kill_every_process_of(str(killed)) == 3  # the launcher and both ranks
-    assert proc.wait() == -signal.SIGKILL
+    status, children = _kill_with_its_children(proc)
+    assert status == -signal.SIGKILL and sum(str(SCRIPT) in cmd for cmd in children) == 2  # during the run, both ranks
     saved = int(list_checkpoints(checkpoints)[-1].name.split("-")[1])
     assert 0 < saved < 40 and not (killed / "CB").exists()
     log = _launch(_torchrun(free_port), [*run, *_common(tiny_model_without_dropout, killed, 4)])
