@@ -30,13 +30,25 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step of a checkpoint folder (``step-NNNNNNNN``).
+
+    Raises:
+        CheckpointError: the folder's name is not a checkpoint's.
+    """
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{path}: not a checkpoint folder (step-NNNNNNNN)")
+    return int(match.group(1))
+
+
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     """Complete checkpoint folders under ``root``, oldest first (an empty list when ``root`` does not exist)."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    return sorted(found, key=checkpoint_step)
 
 
 def save_checkpoint(root: str | os.PathLike, step: int, state: dict, config: dict, *, keep: int,

@@ -19,11 +19,14 @@ Not published, chosen here: Θ is a seeded sample of ``n_configs`` points of the
 an error is a wrong class, or for regression an absolute error above ``regression_error``; a regression oracle must
 reach a task score (mean of Pearson and Spearman) of 2/3. Every round appends a record to ``rounds.jsonl`` (Θ and the
 scores, errors, examples generated and added, training-set size, best dev score), the added examples go to
-``added.jsonl``, and ``state.json`` lets an interrupted run resume at the configuration where it stopped.
+``added.jsonl``, and ``state.json`` lets an interrupted run resume at the configuration where it stopped; that
+configuration's training (and the oracle's) continues from its newest checkpoint (every ``save_steps`` steps, in
+``checkpoints/``, deleted when the run ends).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -217,9 +220,12 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
         if not agora.oracle and not (folder / "oracle" / "config.json").is_file():
             logger.info("Agora %s: fine-tuning the oracle from %s", task.name, agora.oracle_base or "the teacher")
             oracle_run = RunConfig(task=task.name, model=agora.oracle_base, tokenizer="", data_dir=run.data_dir,
-                                   output_dir=str(folder / ".oracle_run"), predict_test=False, train=run.train)
-            _, model, tokenizer = run_job(oracle_run, train_examples=base, save=False, progress=progress)
+                                   output_dir=str(folder / ".oracle_run"), predict_test=False,
+                                   save_steps=run.save_steps, train=run.train)
+            _, model, tokenizer = run_job(oracle_run, train_examples=base, save=False, progress=progress,
+                                          checkpoint=folder / "checkpoints" / "oracle")
             save_run(folder / "oracle", model, tokenizer, RunResult({}, 0, 0, [], 0), asdict(oracle_run))
+            shutil.rmtree(folder / "checkpoints" / "oracle", ignore_errors=True)
         oracle, oracle_tok, oracle_acc = check_oracle(task, oracle_path, dev, run.train.max_seq_length)
         state["oracle"] = {"path": oracle_path, "dev_accuracy": oracle_acc}
 
@@ -240,7 +246,10 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
                 continue  # done before an interruption
             config = replace(run, model=start, tokenizer=run.tokenizer if start == run.model else "",
                              train=replace(train_cfg, **params))
-            result, model, tokenizer = run_job(config, train_examples=train_set, save=False, progress=progress)
+            # an interrupted configuration continues from its checkpoint (same start, data and settings on resume)
+            checkpoint = folder / "checkpoints" / f"round_{k}_config_{i}"
+            result, model, tokenizer = run_job(config, train_examples=train_set, save=False, progress=progress,
+                                               checkpoint=checkpoint)
             state["scores"][key] = result.score
             if state["round_best"] is None or result.score > state["round_best"]["score"]:
                 save_trained(replace(config, predict_test=False), task, model, tokenizer, result, data_dir,
@@ -248,6 +257,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
                              extra={"agora_round": k, "train_size": len(train_set)})
                 state["round_best"] = {"score": result.score, "config": params, "metrics": result.dev_metrics}
             atomic_write_json(state_path, state, default=str)
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
         # (2)-(4): errors of the round's best model, new examples near them, oracle labels.
         best_model = load_model(task, str(round_dir / "best"))
@@ -282,6 +292,8 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
         logger.info("Agora %s round %d: best dev %.4f, %d errors, %d added, Θ now %d", task.name, k,
                     record["best_score"], len(errors), len(new), len(state["theta"]))
 
+    with contextlib.suppress(OSError):  # every run deleted its checkpoint when it ended
+        (folder / "checkpoints").rmdir()
     if run.predict_test and state["best"] is not None:
         best = str(folder / "best")
         write_predictions(run, task, load_model(task, best), load_tokenizer(best), folder / "best", data_dir)

@@ -27,11 +27,11 @@ class ParallelRuns:
         self._training = False
 
     def run_once(self, config, train_examples=None, save: bool = True, on_evaluate=None, progress: bool = True,
-                 resumable: bool = False):
+                 checkpoint=None):
         """:func:`finetune.pipeline.run_once` on all ranks (called on rank 0; same arguments and result)."""
         if self.engine.world_size == 1:
-            return run_once(config, train_examples, save, on_evaluate, progress, resumable=resumable)
-        self.engine.gather_object({"config": config, "train_examples": train_examples, "resumable": resumable})
+            return run_once(config, train_examples, save, on_evaluate, progress, checkpoint=checkpoint)
+        self.engine.gather_object({"config": config, "train_examples": train_examples, "checkpoint": checkpoint})
 
         def report(step: int, score: float) -> None:
             try:
@@ -44,7 +44,7 @@ class ParallelRuns:
             self.engine.gather_object(False)
 
         self._training = True
-        result = run_once(config, train_examples, save, report, progress, engine=self.engine, resumable=resumable)
+        result = run_once(config, train_examples, save, report, progress, engine=self.engine, checkpoint=checkpoint)
         self._training = False
         return result
 
@@ -58,7 +58,7 @@ class ParallelRuns:
 
             try:
                 run_once(job["config"], job["train_examples"], save=False, on_evaluate=stop_if_told, progress=False,
-                         engine=self.engine, resumable=job["resumable"])
+                         engine=self.engine, checkpoint=job["checkpoint"])
             except _StoppedByRankZero:
                 pass
             n += 1

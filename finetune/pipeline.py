@@ -33,7 +33,8 @@ class RunConfig:
     predict_test: bool = field(default=True, metadata={
         "help": "write test-set predictions in the leaderboard format (and the task's diagnostics)"})
     save_steps: int = field(default=500, metadata={
-        "help": "--mode run: steps between resumable checkpoints in OUTPUT_DIR/checkpoints/TASK (0: none); the same "
+        "help": "steps between resumable checkpoints of a training run (0: none): in OUTPUT_DIR/checkpoints/TASK "
+                "for --mode run, in the sweep's and Agora's folders for their trials and configurations; the same "
                 "command started again after an interruption continues from the newest one, which is deleted when "
                 "the run ends"})
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -105,7 +106,7 @@ def predict_tests(task: Task, model, tokenizer, data_dir: Path, folder: Path, ma
 
 
 def run_once(config: RunConfig, train_examples: list[Example] | None = None, save: bool = True,
-             on_evaluate=None, progress: bool = True, engine=None, resumable: bool = False
+             on_evaluate=None, progress: bool = True, engine=None, checkpoint: Path | None = None
              ) -> tuple[RunResult, object, object]:
     """Fine-tune ``config.model`` on ``config.task``; save the best checkpoint into ``config.task_dir`` with its
     dev metrics, resolved config and test predictions (``predictions/``).
@@ -116,8 +117,8 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
         save: write the model folder (a sweep saves only its best trial).
         on_evaluate: passed to :func:`finetune.trainer.train`.
         engine: a data-parallel engine (:mod:`bort.distributed`) whose ranks all call this; only rank 0 saves.
-        resumable: checkpoint every ``config.save_steps`` steps into ``config.checkpoint_dir`` and continue from
-            the newest checkpoint there (see :func:`finetune.trainer.train`); the caller deletes it when done.
+        checkpoint: a folder for resumable checkpoints (None: none): one every ``config.save_steps`` steps, and the run
+            continues from the newest one there (see :func:`finetune.trainer.train`); the caller deletes it when done.
 
     Returns:
         The run's result, the fine-tuned model (at its best dev checkpoint) and its tokenizer.
@@ -130,7 +131,7 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
     model = load_model(task, config.model)
     result = train(task, model, tokenizer, train_examples if train_examples is not None else train_file_examples,
                    dev_sets, config.train, on_evaluate=on_evaluate, progress=progress, engine=engine,
-                   checkpoint=config.checkpoint_dir if resumable else None, save_steps=config.save_steps)
+                   checkpoint=checkpoint, save_steps=config.save_steps)
     if save and (engine is None or engine.is_main):
         save_trained(config, task, model, tokenizer, result, data_dir)
     return result, model, tokenizer

@@ -135,7 +135,8 @@ def _run_task(args: argparse.Namespace, run, runs) -> dict | None:
             print(f"{task.name}: wrote {entry['file']}" + (f" {entry['metrics']}" if "metrics" in entry else ""))
         return None
     if args.mode == "run":
-        result, model, tokenizer = runs.run_once(run, save=False, progress=not args.quiet, resumable=True)
+        result, model, tokenizer = runs.run_once(run, save=False, progress=not args.quiet,
+                                                 checkpoint=run.checkpoint_dir)
         folder = save_trained(run, task, model, tokenizer, result)
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)  # the run is whole: nothing left to resume
         with contextlib.suppress(OSError):  # the last task's run leaves no empty checkpoints/ behind

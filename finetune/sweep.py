@@ -3,7 +3,10 @@
 The study lives in an Optuna storage (SQLite file by default, any SQLAlchemy URL such as PostgreSQL), so an
 interrupted sweep resumes where it stopped and several workers started with the same ``--storage`` and
 ``--study-name`` share the trials. Trials left ``RUNNING`` by a killed worker are detected by their heartbeat
-(``heartbeat_interval``), marked failed and re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``).
+(``heartbeat_interval``), marked failed and re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``);
+a trial interrupted by Ctrl-C is re-queued at once. A trial's run saves a checkpoint every ``save_steps`` steps in
+``checkpoints/trial_<n>/`` (deleted when the trial ends), and its re-queued copy continues from the newest one, with
+the reported values, halving rungs and step budget of the trial it repeats.
 Each trial trains with early stopping on dev; its objective is the task score on the first dev split (maximised).
 Only the best trial's model is kept (``trials/trial_<n>``), and at the end it is copied to ``best/``. A configuration
 (seed included) that a finished trial already ran in full is not trained again: TPE on a small categorical space
@@ -19,19 +22,23 @@ long ones.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
 import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from bort.checkpoints import checkpoint_step, list_checkpoints
 from data.files import atomic_path, atomic_write_json, copy_folder
 from finetune.pipeline import RunConfig, run_once, save_trained, write_predictions
 from finetune.tasks import get_task
@@ -126,7 +133,7 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
     # the search's opener: a one-line error for a bad URL, and sweep workers started together on a fresh storage
     # do not fail on the race to create Optuna's tables
     storage = open_storage(url, heartbeat_interval=sweep.heartbeat_interval,
-                           grace_period=2 * sweep.heartbeat_interval, max_retry=3)
+                           grace_period=2 * sweep.heartbeat_interval, max_retry=3, inherit_intermediate_values=True)
     if sweep.sampler == "grid":
         sampler = optuna.samplers.GridSampler(space, seed=sweep.sampler_seed)
     else:
@@ -158,8 +165,28 @@ def _finished(study: optuna.Study) -> int:
 
 
 def steps_used(study: optuna.Study) -> int:
-    """Optimiser steps the study's trials have run (a running trial's count is updated at each dev evaluation)."""
-    return sum(int(t.user_attrs.get("steps", 0)) for t in study.get_trials(deepcopy=False))
+    """Optimiser steps the study's trials have run (a running trial's count is updated at each dev evaluation; a
+    trial resumed from a checkpoint counts from it; a queued retry counts nothing yet)."""
+    return sum(int(t.user_attrs.get("steps", 0)) - int(t.user_attrs.get("resumed_from", 0))
+               for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING)
+
+
+def _first_attempt(trial: optuna.trial.FrozenTrial) -> int:
+    """The number of the trial a retry repeats (through any number of retries), else the trial's own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        first = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return trial.number if first is None else first
+
+
+def _requeue(study: optuna.Study, number: int) -> None:
+    """Queue trial ``number`` again (same parameters, attributes and reported values), as Optuna does for a trial
+    whose worker died: an interrupted sweep then trains that configuration when it resumes (the grid sampler would
+    otherwise take the failed trial's point as visited)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
+        retry(study, study.get_trials(deepcopy=False)[number])
 
 
 def planned_steps(train: TrainConfig, n_train: int) -> int:
@@ -200,23 +227,49 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
                 raise optuna.TrialPruned(f"the configuration of trial {twin.number}, pruned")
             trial.set_user_attr("dev_metrics", twin.user_attrs["dev_metrics"])
             return twin.value
+        # A retry (of a trial whose worker died, or that was interrupted) inherits the trial's attributes and
+        # reported values, and continues from the newest checkpoint of the trial it retries.
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        checkpoint = folder / "checkpoints" / f"trial_{_first_attempt(frozen)}"
         config = replace(run, train=replace(run.train, **params))
         if sweep.budget_steps:
             left = sweep.budget_steps - steps_used(study)
             if left < 1:  # another worker used the rest meanwhile
+                shutil.rmtree(checkpoint, ignore_errors=True)
                 raise optuna.TrialPruned("no budget left")
-            planned = planned_steps(config.train, train_size())
-            if left < planned:
-                config = replace(config, train=replace(config.train, max_steps=left))
-                trial.set_user_attr("cut_to_budget", f"{left} of {planned} steps")
+            if "max_steps" in frozen.user_attrs:  # the cut of the trial retried: its checkpoint is of that run
+                config = replace(config, train=replace(config.train, max_steps=frozen.user_attrs["max_steps"]))
+            else:
+                planned = planned_steps(config.train, train_size())
+                if left < planned:
+                    config = replace(config, train=replace(config.train, max_steps=left))
+                    trial.set_user_attr("cut_to_budget", f"{left} of {planned} steps")
+                trial.set_user_attr("max_steps", config.train.max_steps)
+        found = list_checkpoints(checkpoint)
+        resumed_from = checkpoint_step(found[-1]) if found else 0
+        # the budget counts a retry's steps from its checkpoint (the trial retried counted the steps before)
+        trial.set_user_attr("resumed_from", resumed_from)
+        trial.set_user_attr("steps", resumed_from)
+        inherited = set(frozen.intermediate_values)
 
         def report(step: int, score: float) -> None:
+            if step in inherited:  # reported by the trial retried (a resumed run repeats it exactly)
+                return
             trial.report(score, step)
             trial.set_user_attr("steps", step)  # the budget counts pruned and running trials too
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        result, model, tokenizer = run_job(config, save=False, on_evaluate=report, progress=progress)
+        try:
+            result, model, tokenizer = run_job(config, save=False, on_evaluate=report, progress=progress,
+                                               checkpoint=checkpoint)
+        except KeyboardInterrupt:  # Optuna fails the trial: queue it again, to continue from its checkpoint
+            _requeue(study, trial.number)
+            raise
+        except BaseException:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            raise
+        shutil.rmtree(checkpoint, ignore_errors=True)
         trial.set_user_attr("dev_metrics", result.dev_metrics)
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("steps", result.steps)
@@ -263,6 +316,8 @@ def _best_value(study: optuna.Study) -> float | None:
 def finalize(study: optuna.Study, folder: Path, run: RunConfig | None = None) -> None:
     """Copy the best trial's model to ``best/``, delete the other trial folders, write ``trials.csv`` and a plot;
     with ``run.predict_test``, write the best model's test predictions into ``best/predictions`` (once per best)."""
+    with contextlib.suppress(OSError):  # trials delete their checkpoints as they finish: remove the emptied folder
+        (folder / "checkpoints").rmdir()
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return

@@ -51,7 +51,7 @@ def engine_url(url: str) -> str:
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retry: int | None = None) -> RDBStorage:
+                 max_retry: int | None = None, inherit_intermediate_values: bool = False) -> RDBStorage:
     """An RDB storage with heartbeats and the retry callback, after one connection attempt.
 
     Several processes may open one fresh storage at the same moment: one that loses the race to create Optuna's
@@ -60,7 +60,9 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
 
     url: an SQLAlchemy URL (``sqlite:///path``, ``postgresql://user:password@host:port/db``, ...);
     heartbeat_interval, grace_period: seconds (None: no heartbeats, for a process that only reads or writes
-    results); max_retry: how often a trial whose worker died is re-queued (None: without limit).
+    results); max_retry: how often a trial whose worker died is re-queued (None: without limit);
+    inherit_intermediate_values: the re-queued trial starts with the dead one's reported values (a trial that resumes
+    from a checkpoint instead of starting over).
 
     Raises:
         StorageError: naming the (redacted) URL and the first line of the driver's error (a connection error is
@@ -80,7 +82,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
                     engine_url(url), engine_kwargs={"connect_args": connect_args} if connect_args else None,
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                     heartbeat_stale_trial_callback=None if heartbeat_interval is None
-                    else RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+                    else RetryHeartbeatStaleTrialCallback(max_retry=max_retry,
+                                                          inherit_intermediate_values=inherit_intermediate_values))
             if url.startswith("sqlite"):
                 _serialise_sqlite_transactions(storage.engine)
             return storage

@@ -2,16 +2,18 @@
 trains on them; a weak oracle is refused; pruning and the transformation functions."""
 
 import json
+import logging
 import random
 
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-from finetune.agora import prune, sample_configurations
+from finetune.agora import AgoraConfig, prune, run_agora, sample_configurations
+from finetune.pipeline import RunConfig, run_once
 from finetune.run_finetune import main
 from finetune.tasks import DataError, Example, get_task
-from finetune.trainer import load_model, load_tokenizer, predict
+from finetune.trainer import TrainConfig, load_model, load_tokenizer, predict
 from finetune.transforms import SYNONYMS, make_transform, perturb
 
 
@@ -142,3 +144,43 @@ def test_warm_start_trains_later_rounds_from_the_best_model_so_far(tiny_model, s
     records = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
     assert records[0]["started_from"] == str(tiny_model)
     assert records[1]["started_from"] == str(folder / "best")
+
+
+def test_a_configuration_interrupted_by_ctrl_c_continues_from_its_checkpoint(tiny_model, small_sst2, tmp_path,
+                                                                             caplog):
+    """Ctrl-C reaches Agora's second configuration of round 0 at step 8, after its checkpoint at step 6; resumed,
+    that configuration continues from step 6 and the round ends as an uninterrupted one (same scores, same best)."""
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": [1e-3, 5e-4], "batch_size": [8]}))
+    agora = AgoraConfig(per_error=0, n_configs=2, replay=0, max_rounds=1, space=str(space))
+
+    def run_for(out):
+        return RunConfig("SST-2", model=str(tiny_model), data_dir=str(small_sst2), output_dir=str(out),
+                         predict_test=False, save_steps=3,
+                         train=TrainConfig(max_steps=12, eval_every=4, max_seq_length=64))
+
+    runs = []
+
+    def ctrl_c_in_second_run(config, train_examples=None, save=True, on_evaluate=None, progress=True,
+                             checkpoint=None):
+        runs.append(checkpoint)
+
+        def report(step, score):
+            if len(runs) == 2 and step == 8:
+                assert [p.name for p in checkpoint.iterdir()] == ["step-00000006"]
+                raise KeyboardInterrupt
+        return run_once(config, train_examples, save=save, on_evaluate=report, progress=progress,
+                        checkpoint=checkpoint)
+
+    interrupted = run_for(tmp_path / "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        run_agora(interrupted, agora, progress=False, run_job=ctrl_c_in_second_run)
+    folder = tmp_path / "interrupted" / "SST-2" / "agora"
+    assert runs[1] == folder / "checkpoints" / "round_0_config_1"
+    assert len(json.loads((folder / "state.json").read_text())["scores"]) == 1  # the first configuration is done
+    with caplog.at_level(logging.WARNING, logger="finetune.trainer"):
+        resumed = run_agora(interrupted, agora, progress=False)
+    assert f"resuming from step 6 ({runs[1] / 'step-00000006'})" in caplog.text
+    whole = run_agora(run_for(tmp_path / "whole"), agora, progress=False)
+    assert resumed["rounds"][0]["scores"] == whole["rounds"][0]["scores"] and resumed["best"] == whole["best"]
+    assert not (folder / "checkpoints").exists()

@@ -2,11 +2,13 @@
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -14,35 +16,30 @@ import pytest
 from optuna.trial import TrialState
 
 from finetune.run_finetune import main
-from finetune.pipeline import RunConfig
-from finetune.sweep import BORT_GRID, SweepConfig, first_rung, load_space, open_study
+from finetune.pipeline import RunConfig, run_once
+from finetune.sweep import BORT_GRID, SweepConfig, first_rung, load_space, open_study, run_sweep, steps_used
 from finetune.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sweep_resumes_after_interruption(tiny_model, tmp_path, trials_so_far):
+def test_sweep_resumes_after_interruption(tiny_model, tmp_path, trials_so_far, caplog):
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: [0.001, 0.0005]\nseed: [0]\nbatch_size: [8]\n")
     out = tmp_path / "out"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     args = ["CB", "--mode", "sweep", "--model", str(tiny_model), "--output-dir", str(out), "--space", str(space),
             "--n-trials", "2", "--storage", storage, "--heartbeat-interval", "1", "--max-train-examples", "64",
-            "--max-steps", "120", "--eval-every", "60", "--max-seq-length", "64", "--max-eval-examples", "24",
-            "--quiet"]
+            "--max-steps", "120", "--eval-every", "60", "--save-steps", "20", "--max-seq-length", "64",
+            "--max-eval-examples", "24", "--quiet"]
+    checkpoints = out / "CB" / "sweep" / "checkpoints" / "trial_1"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "finetune" / "run_finetune.py"), *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline, running_since = time.time() + 120, None
-        while time.time() < deadline and proc.poll() is None:
-            states = [t.state for t in trials_so_far(storage, "CB-sweep")]
-            if states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING in states:
-                running_since = running_since or time.time()
-                # Optuna records a trial's first heartbeat as the trial starts, before the model loads; a trial
-                # of 120 steps lasts several seconds even on an idle machine, so the kill lands inside it.
-                if time.time() - running_since > 0.3:
-                    break
+        deadline = time.time() + 120
+        # killed in its second trial once that has saved a checkpoint (every 20 of its 120 steps)
+        while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("step-*/training_state.pt")):
             time.sleep(0.05)
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
         proc.send_signal(signal.SIGKILL)
@@ -53,14 +50,19 @@ def test_sweep_resumes_after_interruption(tiny_model, tmp_path, trials_so_far):
     study = optuna.load_study(study_name="CB-sweep", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
     first_value, killed_params = study.trials[0].value, study.trials[1].params
+    saved = int(max(checkpoints.glob("step-*")).name.split("-")[1])
 
     time.sleep(2.5)  # the killed trial's heartbeat goes stale (grace period: twice the 1 s interval)
-    assert main(args) == 0
+    with caplog.at_level(logging.WARNING):
+        assert main(args) == 0
+    assert f"resuming from step {saved} ({checkpoints / f'step-{saved:08d}'})" in caplog.text  # not from step 0
     study = optuna.load_study(study_name="CB-sweep", storage=storage)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2 and complete[0].number == 0 and complete[0].value == first_value
     assert study.trials[1].state == TrialState.FAIL and complete[1].params == killed_params
+    assert complete[1].user_attrs["resumed_from"] == saved and complete[1].user_attrs["steps"] == 120
     assert {t.params["learning_rate"] for t in complete} == {0.001, 0.0005}
+    assert not checkpoints.parent.exists()
 
     folder = out / "CB" / "sweep"
     best = json.loads((folder / "best" / "dev_metrics.json").read_text())
@@ -181,3 +183,49 @@ def test_a_configuration_already_trained_is_not_trained_again(tiny_model, tmp_pa
         assert t.value == trained.value and t.user_attrs["dev_metrics"] == trained.user_attrs["dev_metrics"]
     best = json.loads((out / "CB" / "sweep" / "best" / "finetune_config.json").read_text())
     assert best["trial"] == 0 and len(list((out / "CB" / "sweep" / "trials").glob("trial_*"))) == 1
+
+
+def test_a_trial_interrupted_by_ctrl_c_continues_from_its_checkpoint_when_the_sweep_resumes(tiny_model, tmp_path,
+                                                                                            caplog):
+    """A grid sweep of two configurations under a 24-step budget; Ctrl-C reaches the first trial at step 8, after its
+    checkpoint at step 6. Resumed, the sweep trains that configuration again from step 6 to the score and dev curve of
+    an uninterrupted run, then the second configuration; the budget counts the two steps repeated after the checkpoint."""
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: [0.001, 0.0005]\nseed: [0]\nbatch_size: [8]\n")
+    train = TrainConfig(max_train_examples=64, max_steps=12, eval_every=4, max_seq_length=64, max_eval_examples=24)
+    run = RunConfig("CB", model=str(tiny_model), output_dir=str(tmp_path / "out"), predict_test=False, save_steps=3,
+                    train=train)
+    sweep = SweepConfig(space=str(space), n_trials=2, budget_steps=24, storage=f"sqlite:///{tmp_path / 's.db'}")
+    folder = tmp_path / "out" / "CB" / "sweep"
+
+    def ctrl_c_at_step_8(config, save=True, on_evaluate=None, progress=True, checkpoint=None):
+        def report(step, score):
+            on_evaluate(step, score)
+            if step == 8:
+                assert [p.name for p in checkpoint.iterdir()] == ["step-00000006"]
+                raise KeyboardInterrupt
+        return run_once(config, save=save, on_evaluate=report, progress=progress, checkpoint=checkpoint)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(run, sweep, progress=False, run_job=ctrl_c_at_step_8)
+    study = optuna.load_study(study_name="CB-sweep", storage=sweep.storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    interrupted = study.trials[0]
+    assert study.trials[1].params == interrupted.params and interrupted.user_attrs["steps"] == 8
+
+    with caplog.at_level(logging.WARNING, logger="finetune.trainer"):
+        study = run_sweep(run, sweep, progress=False)
+    assert f"resuming from step 6 ({folder / 'checkpoints' / 'trial_0' / 'step-00000006'})" in caplog.text
+    failed, retried, second = study.trials
+    assert (retried.state, second.state) == (TrialState.COMPLETE, TrialState.COMPLETE)
+    assert retried.params == interrupted.params and second.params != interrupted.params
+
+    reported = {}
+    uninterrupted = replace(run, train=replace(train, **interrupted.params))
+    result, _, _ = run_once(uninterrupted, save=False, progress=False, on_evaluate=reported.__setitem__)
+    assert sorted(reported) == [4, 8, 12]
+    assert retried.value == result.score and retried.intermediate_values == reported
+    assert retried.user_attrs["resumed_from"] == 6 and retried.user_attrs["steps"] == 12
+    # 8 steps before Ctrl-C, 6 after the checkpoint: 10 of the 24 are left for the second configuration
+    assert second.user_attrs["cut_to_budget"] == "10 of 12 steps" and steps_used(study) == 24
+    assert not (folder / "checkpoints").exists()
