@@ -9,9 +9,10 @@ Examples:
     horovodrun -np 2 python finetune/run_finetune.py CB --mode sweep       # data-parallel trials
 
 Outputs go to ``--output-dir/TASK/`` (run), ``.../sweep/`` or ``.../agora/``; a summary table of all tasks is
-printed and written to ``--output-dir/summary.md``. Exit status 2 on bad input (message on one line). A run
-(``--mode run``) saves a checkpoint every ``--save-steps`` steps: after an interruption the same command continues
-from it and ends as the uninterrupted run would; sweeps and Agora resume by whole trials and rounds.
+printed and written to ``--output-dir/summary.md``. Exit status 2 on bad input (message on one line), 130 on Ctrl-C.
+Every training run (a run, a sweep's trial, an Agora configuration or oracle) saves a checkpoint every
+``--save-steps`` steps: after an interruption or a kill the same command continues from it, and a run ends as the
+uninterrupted run would; sweeps also keep their finished trials and Agora its finished rounds and configurations.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, DistributedError, ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # runs, trials and Agora's configurations continue from their checkpoints
+        print(f"interrupted: run the same command again to continue where it stopped (outputs and checkpoints in "
+              f"{args.output_dir})", file=sys.stderr)
+        return 130
     if rows:
         from finetune.report import summary_table
 

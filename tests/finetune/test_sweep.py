@@ -229,3 +229,42 @@ def test_a_trial_interrupted_by_ctrl_c_continues_from_its_checkpoint_when_the_sw
     # 8 steps before Ctrl-C, 6 after the checkpoint: 10 of the 24 are left for the second configuration
     assert second.user_attrs["cut_to_budget"] == "10 of 12 steps" and steps_used(study) == 24
     assert not (folder / "checkpoints").exists()
+
+
+def test_ctrl_c_on_the_command_line_exits_130_and_the_same_command_continues_the_trial(tiny_model, tmp_path, caplog):
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: [0.001, 0.0005]\nseed: [0]\nbatch_size: [8]\n")
+    out = tmp_path / "out"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["CB", "--mode", "sweep", "--model", str(tiny_model), "--output-dir", str(out), "--space", str(space),
+            "--n-trials", "2", "--storage", storage, "--max-train-examples", "64", "--max-steps", "120",
+            "--eval-every", "60", "--save-steps", "20", "--max-seq-length", "64", "--max-eval-examples", "24",
+            "--quiet"]
+    checkpoints = out / "CB" / "sweep" / "checkpoints" / "trial_0"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune" / "run_finetune.py"), *args],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("step-*/training_state.pt")):
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Optuna logs the failed trial with its traceback; the command itself ends with one line, not a traceback
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == \
+        f"interrupted: run the same command again to continue where it stopped (outputs and checkpoints in {out})"
+    study = optuna.load_study(study_name="CB-sweep", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    saved = int(max(checkpoints.glob("step-*")).name.split("-")[1])
+
+    with caplog.at_level(logging.WARNING):
+        assert main(args) == 0
+    assert f"resuming from step {saved} ({checkpoints / f'step-{saved:08d}'})" in caplog.text
+    study = optuna.load_study(study_name="CB-sweep", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert study.trials[1].params == study.trials[0].params and study.trials[1].user_attrs["steps"] == 120
+    assert {t.params["learning_rate"] for t in study.trials[1:]} == {0.001, 0.0005}
