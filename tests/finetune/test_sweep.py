@@ -23,30 +23,41 @@ from finetune.trainer import TrainConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sweep_resumes_after_interruption(tiny_model, tmp_path, trials_so_far, caplog):
+def _sweep_signalled_in_trial(tiny_model, tmp_path, trial: int, sig: int, *extra: str):
+    """Start a two-configuration grid sweep of CB on the command line (trials of 120 steps, a checkpoint every 20),
+    send ``sig`` once trial ``trial`` has saved a checkpoint, wait for the process; returns the command's arguments,
+    the storage URL, the trial's checkpoint folder, the exit status and stderr."""
     space = tmp_path / "space.yaml"
     space.write_text("learning_rate: [0.001, 0.0005]\nseed: [0]\nbatch_size: [8]\n")
     out = tmp_path / "out"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     args = ["CB", "--mode", "sweep", "--model", str(tiny_model), "--output-dir", str(out), "--space", str(space),
-            "--n-trials", "2", "--storage", storage, "--heartbeat-interval", "1", "--max-train-examples", "64",
-            "--max-steps", "120", "--eval-every", "60", "--save-steps", "20", "--max-seq-length", "64",
-            "--max-eval-examples", "24", "--quiet"]
-    checkpoints = out / "CB" / "sweep" / "checkpoints" / "trial_1"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune" / "run_finetune.py"), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            "--n-trials", "2", "--storage", storage, "--max-train-examples", "64", "--max-steps", "120",
+            "--eval-every", "60", "--save-steps", "20", "--max-seq-length", "64", "--max-eval-examples", "24",
+            "--quiet", *extra]
+    checkpoints = out / "CB" / "sweep" / "checkpoints" / f"trial_{trial}"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune" / "run_finetune.py"), *args],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        # killed in its second trial once that has saved a checkpoint (every 20 of its 120 steps)
         while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("step-*/training_state.pt")):
             time.sleep(0.05)
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return args, storage, checkpoints, proc.returncode, err
+
+
+def test_sweep_resumes_after_interruption(tiny_model, tmp_path, caplog):
+    # killed in its second trial once that has saved a checkpoint
+    args, storage, checkpoints, status, _ = _sweep_signalled_in_trial(tiny_model, tmp_path, 1, signal.SIGKILL,
+                                                                      "--heartbeat-interval", "1")
+    assert status == -signal.SIGKILL
+    out = tmp_path / "out"
     study = optuna.load_study(study_name="CB-sweep", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
     first_value, killed_params = study.trials[0].value, study.trials[1].params
@@ -232,30 +243,10 @@ def test_a_trial_interrupted_by_ctrl_c_continues_from_its_checkpoint_when_the_sw
 
 
 def test_ctrl_c_on_the_command_line_exits_130_and_the_same_command_continues_the_trial(tiny_model, tmp_path, caplog):
-    space = tmp_path / "space.yaml"
-    space.write_text("learning_rate: [0.001, 0.0005]\nseed: [0]\nbatch_size: [8]\n")
+    args, storage, checkpoints, status, err = _sweep_signalled_in_trial(tiny_model, tmp_path, 0, signal.SIGINT)
     out = tmp_path / "out"
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = ["CB", "--mode", "sweep", "--model", str(tiny_model), "--output-dir", str(out), "--space", str(space),
-            "--n-trials", "2", "--storage", storage, "--max-train-examples", "64", "--max-steps", "120",
-            "--eval-every", "60", "--save-steps", "20", "--max-seq-length", "64", "--max-eval-examples", "24",
-            "--quiet"]
-    checkpoints = out / "CB" / "sweep" / "checkpoints" / "trial_0"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune" / "run_finetune.py"), *args],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("step-*/training_state.pt")):
-            time.sleep(0.05)
-        assert proc.poll() is None, "the sweep ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     # Optuna logs the failed trial with its traceback; the command itself ends with one line, not a traceback
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == \
+    assert status == 130 and err.strip().splitlines()[-1] == \
         f"interrupted: run the same command again to continue where it stopped (outputs and checkpoints in {out})"
     study = optuna.load_study(study_name="CB-sweep", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
