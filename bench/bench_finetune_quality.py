@@ -14,7 +14,8 @@ ablation: (c) with the same rounds, replay and warm start but no examples added 
 ``c_holdout`` is (c) mining its errors on held-out training examples (200, or a fifth of a smaller training set),
 so that examples made near dev errors do not lift the dev score it is judged on.
 Results are written to ``results.json`` after every method, and a rerun on the same output skips the methods it holds
-(so (a) and its oracle model are reused). (b) and (c) sample the same space
+(so (a) and its oracle model are reused); a method killed part-way continues: (a) from its checkpoint (every 500
+steps), (b) from its study and (c) from its rounds, their runs from their checkpoints. (b) and (c) sample the same space
 (``--space``; default Bort's grid). Training sets larger than ``--max-train-examples`` are subsampled (seeded). Dev
 sets are used whole. ``--seed K`` is one replicate of all three methods: (a)'s seed (head, data order, dropout,
 training subsample), the sweep's grid order and Agora's sample of Θ; run each seed into its own ``--output-dir`` and
@@ -35,6 +36,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
@@ -119,8 +121,10 @@ def main(argv=None) -> int:
         needs_a = "a" in args.methods or any(m in args.methods and m not in row for m in ("c", "c_holdout"))
         if needs_a and ("a" not in row or not (oracle / "config.json").is_file()):
             t0 = time.time()
-            result, model, tokenizer = run_once(run, save=False, progress=False)
+            # a killed benchmark continues (a) from its checkpoint, (b) and (c) from their studies and rounds
+            result, model, tokenizer = run_once(run, save=False, progress=False, checkpoint=run.checkpoint_dir)
             save_trained(run, task, model, tokenizer, result)
+            shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
             row["a"] = {"score": result.score, "metrics": result.dev_metrics, "seconds": time.time() - t0,
                         "seed": args.seed}
             print(name, "a", row["a"], flush=True)
