@@ -3,9 +3,10 @@
 With the real teacher (all-MiniLM-L6-v2 + a fresh head) on a task's real files, times
 - the training step (two alternating rounds, the second kept), split into forward+backward+clipping and the
   optimizer step, for the trainer's optimizer (fused AdamW) and for ``torch.optim.AdamW`` with its default
-  (per-parameter loop on CPU);
+  (per-parameter loop on CPU), and the trainer's step with ``--precision bf16`` (autocast) against fp32;
 - one pass over the dev set with ``finetune.trainer.predict_logits`` (length-sorted batches) and with batches in file
-  order (the baseline), checking that both give the same logits;
+  order (the baseline), checking that both give the same logits, and the length-sorted pass under bf16 autocast
+  (its largest logit difference and the share of equal predictions);
 - tokenizing the whole training set with ``finetune.trainer.encode`` (one truncating pass, the truncation count read
   from the fast tokenizer's encodings) and with a second, untruncated pass that counts (the baseline), checking that
   both give the same features and count;
@@ -38,8 +39,8 @@ from bort.checkpoints import STATE_FILE, save_checkpoint  # noqa: E402
 from bort.training import parameter_groups  # noqa: E402
 from finetune.pipeline import RunConfig, load_splits  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
-from finetune.trainer import (TrainConfig, _logits, _loss, _optimizer, _pairs, encode, load_model,  # noqa: E402
-                              load_tokenizer, make_collate, predict_logits, run_fingerprint, subsample)
+from finetune.trainer import (TrainConfig, _logits, _loss, _optimizer, _pairs, autocast, encode,  # noqa: E402
+                              load_model, load_tokenizer, make_collate, predict_logits, run_fingerprint, subsample)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,13 +54,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def time_steps(task, model, batches, optimizer) -> tuple[float, float]:
-    """Mean seconds of (forward+backward+clip, optimizer step) over ``batches`` after two warm-up steps."""
+def time_steps(task, model, batches, optimizer, precision: str = "fp32") -> tuple[float, float]:
+    """Mean seconds of (forward+backward+clip, optimizer step) over ``batches`` after two warm-up steps, the forward
+    under ``precision``'s autocast (the trainer's)."""
     model.train()
     compute = update = 0.0
     for i, batch in enumerate(batches):
         t0 = time.perf_counter()
-        _loss(task, _logits(model, batch, task), batch["labels"]).backward()
+        with autocast(precision, torch.device("cpu")):
+            logits = _logits(model, batch, task)
+        _loss(task, logits.float(), batch["labels"]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         t1 = time.perf_counter()
         optimizer.step()
@@ -114,12 +118,18 @@ def main(argv=None) -> int:
     baseline = torch.optim.AdamW(parameter_groups([model], 0.01), lr=1e-5)
     # two alternating rounds, the second kept: the first steps of a process run slower (allocator, kernel caches)
     fused = _optimizer(model, TrainConfig())
-    for name, optimizer in 2 * [("baseline AdamW", baseline), ("trainer (fused AdamW)", fused)]:
-        compute, update = time_steps(task, model, batches, optimizer)
+    variants = [("baseline AdamW", baseline, "fp32"), ("trainer (fused AdamW)", fused, "fp32"),
+                ("trainer, --precision bf16", fused, "bf16")]
+    for name, optimizer, precision in 2 * variants:
+        compute, update = time_steps(task, model, batches, optimizer, precision)
         result[name] = {"forward_backward_s": round(compute, 4), "optimizer_s": round(update, 4),
                         "step_s": round(compute + update, 4),
                         "train_tokens_per_s": round(tokens / (len(batches) - 2) / (compute + update))}
     result["step_speedup"] = round(result["baseline AdamW"]["step_s"] / result["trainer (fused AdamW)"]["step_s"], 3)
+    result["bf16_step_speedup"] = round(result["trainer (fused AdamW)"]["step_s"] /
+                                        result["trainer, --precision bf16"]["step_s"], 3)
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
+    result["cpu_bf16_flags"] = sorted({f for f in flags if f in ("amx_bf16", "avx512_bf16")})
 
     dev_name, dev = next(iter(dev_sets.items()))
     dev_features, _ = encode(task, dev, tokenizer, args.max_seq_length)
@@ -128,10 +138,20 @@ def main(argv=None) -> int:
     sorted_s, ours = best_of(lambda: predict_logits(model, task, dev_features, collate, args.eval_batch_size),
                              args.repeats)
     np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-4)
+
+    def bf16_logits():
+        with autocast("bf16", torch.device("cpu")):
+            return predict_logits(model, task, dev_features, collate, args.eval_batch_size)
+
+    bf16_s, bf16 = best_of(bf16_logits, args.repeats)
     dev_tokens = sum(len(f["input_ids"]) for f in dev_features)
     result["dev pass"] = {"split": dev_name, "examples": len(dev), "file_order_s": round(plain_s, 3),
                           "length_sorted_s": round(sorted_s, 3), "speedup": round(plain_s / sorted_s, 3),
-                          "length_sorted_tokens_per_s": round(dev_tokens / sorted_s)}
+                          "length_sorted_tokens_per_s": round(dev_tokens / sorted_s),
+                          "bf16_s": round(bf16_s, 3), "bf16_speedup": round(sorted_s / bf16_s, 3),
+                          "bf16_max_abs_logit_difference": round(float(np.abs(bf16 - ours).max()), 4),
+                          "bf16_same_predictions": float(np.mean(bf16.argmax(-1) == ours.argmax(-1)))
+                          if task.kind == "classification" else None}
 
     baseline_s, (plain_features, plain_count) = best_of(
         lambda: two_pass_encode(task, train_examples, tokenizer, args.max_seq_length), args.repeats)

@@ -48,7 +48,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str, se
                                help=f.metadata["help"])
         else:
             group.add_argument(name, dest=f.name, type=type(default), default=default,
-                               help=f"{f.metadata['help']} (default: %(default)s)")
+                               choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: %(default)s)")
 
 
 def from_args(cls, args: argparse.Namespace, **overrides):

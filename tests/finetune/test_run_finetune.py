@@ -103,6 +103,18 @@ def test_negative_save_steps_exit_2_naming_the_option(capsys, tmp_path):
     assert "--save-steps must be >= 0" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on a CUDA GPU")
+def test_fp16_off_a_gpu_exits_2_naming_the_option_and_an_unknown_precision_is_refused(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["CB", "--model", str(tiny_model), "--output-dir", str(out), "--precision", "fp16", *TINY]) == 2
+    assert "--precision fp16 needs a CUDA GPU (dynamic loss scaling); use bf16 or fp32 on cpu" in \
+        capsys.readouterr().err
+    assert not (out / "CB").exists() and not (out / "checkpoints").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["CB", "--precision", "fp8"])
+    assert exit_.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
 def test_missing_data_file_exits_2_naming_it(tiny_model, tmp_path, capsys):
     assert main(["RTE", "--model", str(tiny_model), "--data-dir", str(tmp_path), *TINY]) == 2
     assert f"{tmp_path}/RTE/train.tsv: file not found" in capsys.readouterr().err

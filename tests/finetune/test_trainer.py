@@ -63,7 +63,7 @@ class _Interrupt(Exception):
     """Stands for Ctrl-C or a kill between two checkpoints."""
 
 
-def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning_rate=1e-3):
+def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning_rate=1e-3, precision="fp32"):
     """A CB run of 12 steps on the tiny model with dropout on (so the resumed run must restore the generators),
     dev every 4 steps, a checkpoint every 3 steps into ``checkpoint``; interrupted at step ``interrupt_at``."""
     task = get_task("CB")
@@ -76,27 +76,40 @@ def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning
             raise _Interrupt
 
     config = TrainConfig(learning_rate=learning_rate, batch_size=8, max_steps=12, eval_every=4,
-                         early_stopping_patience=0, max_seq_length=64)
+                         early_stopping_patience=0, max_seq_length=64, precision=precision)
     result = train(task, model, tokenizer, train_rows, {"val": dev}, config, on_evaluate=stop, progress=False,
                    checkpoint=checkpoint, save_steps=3)
     return result, model
 
 
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_model, superglue_dir, tmp_path, caplog):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_model, superglue_dir, tmp_path, caplog,
+                                                                precision):
     """8 batches make an epoch: the checkpoint at step 6 is mid-epoch, two steps before the interruption at 8."""
-    whole, whole_model = _cb_run(tiny_model, superglue_dir)
+    whole, whole_model = _cb_run(tiny_model, superglue_dir, precision=precision)
     with pytest.raises(_Interrupt):
-        _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", interrupt_at=8)
+        _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", interrupt_at=8, precision=precision)
     assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["step-00000006"]
     with caplog.at_level("WARNING", logger="finetune.trainer"):
-        resumed, resumed_model = _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt")
+        resumed, resumed_model = _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", precision=precision)
     assert "resuming from step 6" in caplog.text
     assert resumed.history == whole.history and len(whole.history) == 3
     assert (resumed.best_step, resumed.dev_metrics) == (whole.best_step, whole.dev_metrics)
     for (name, a), b in zip(whole_model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), name
-    fresh, _ = _cb_run(tiny_model, superglue_dir, tmp_path / "fresh")  # checkpointing itself changes nothing
-    assert fresh.history == whole.history
+    fresh, _ = _cb_run(tiny_model, superglue_dir, tmp_path / "fresh", precision=precision)
+    assert fresh.history == whole.history  # checkpointing itself changes nothing
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_fp16_needs_a_gpu(tiny_model, superglue_dir):
+    fp32, fp32_model = _cb_run(tiny_model, superglue_dir)
+    bf16, bf16_model = _cb_run(tiny_model, superglue_dir, precision="bf16")
+    losses = [(a["loss"], b["loss"]) for a, b in zip(fp32.history, bf16.history)]
+    assert len(losses) == 3 and all(a != b and abs(a - b) < 0.05 for a, b in losses)  # bf16 arithmetic, same course
+    assert all(p.dtype == torch.float32 for p in bf16_model.parameters())  # the weights stay fp32
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--precision fp16 needs a CUDA GPU"):
+            _cb_run(tiny_model, superglue_dir, precision="fp16")
 
 
 def test_a_checkpoint_of_another_run_is_refused(tiny_model, superglue_dir, tmp_path):
