@@ -89,6 +89,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "fp16" and not torch.cuda.is_available():  # refused before any data is read
+            raise ValueError("--precision fp16 needs a CUDA GPU (dynamic loss scaling); use bf16 or fp32 on this "
+                             "machine")
         if self.learning_rate <= 0 or self.batch_size < 1 or self.max_seq_length < 8:
             raise ValueError("learning_rate must be > 0, batch_size >= 1, max_seq_length >= 8")
         if not 0 <= self.warmup_fraction < 1:
@@ -330,14 +333,7 @@ def default_device() -> torch.device:
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context of ``precision`` (one of :data:`PRECISIONS`) on ``device``; a no-op for fp32.
-
-    Raises:
-        ValueError: fp16 on a device other than CUDA (its dynamic loss scaling needs a GPU).
-    """
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA GPU (dynamic loss scaling); use bf16 or fp32 on "
-                         f"{device.type}")
+    """The autocast context of ``precision`` (one of :data:`PRECISIONS`) on ``device``; a no-op for fp32."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -395,6 +391,8 @@ def train(
     """
     set_seed(config.seed)
     engine = engine or SingleProcess()
+    device = engine.device()
+    mixed = functools.partial(autocast, config.precision, device)
     max_length = effective_max_length(model, config.max_seq_length)
     examples = subsample(train_examples, config.max_train_examples, config.seed)
     features, truncated = encode(task, examples, tokenizer, max_length)
@@ -414,10 +412,7 @@ def train(
     loader = DataLoader(features, batch_size=config.batch_size, sampler=sampler, collate_fn=collate)
     total = config.max_steps if config.max_steps > 0 else math.ceil(len(loader) * config.num_train_epochs)
     eval_every = config.eval_every or len(loader)
-    device = engine.device()
     model.to(device)
-    autocast(config.precision, device)  # fp16 off CUDA is refused before any training
-    mixed = functools.partial(autocast, config.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     fingerprint = run_fingerprint(task, config, features, model, engine.world_size) if checkpoint else ""
     resumed = _resumable_state(Path(checkpoint), fingerprint) if checkpoint else None

@@ -107,7 +107,7 @@ def test_negative_save_steps_exit_2_naming_the_option(capsys, tmp_path):
 def test_fp16_off_a_gpu_exits_2_naming_the_option_and_an_unknown_precision_is_refused(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["CB", "--model", str(tiny_model), "--output-dir", str(out), "--precision", "fp16", *TINY]) == 2
-    assert "--precision fp16 needs a CUDA GPU (dynamic loss scaling); use bf16 or fp32 on cpu" in \
+    assert "--precision fp16 needs a CUDA GPU (dynamic loss scaling); use bf16 or fp32 on this machine" in \
         capsys.readouterr().err
     assert not (out / "CB").exists() and not (out / "checkpoints").exists()
     with pytest.raises(SystemExit) as exit_:
