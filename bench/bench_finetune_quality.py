@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "its rounds, replay and warm start; c_holdout mines errors on held-out training examples "
                         "(200, at most a fifth) instead of dev, so dev stays clean. A method already in the output's "
                         "results.json is kept")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="all methods' training and dev passes (fine-tuning's --precision; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="replicate: (a)'s seed, (b)'s grid order, (c)'s sample of configurations (default: 0)")
     p.add_argument("--space", default="", help="JSON/YAML space for (b) and (c) (default: Bort's grid)")
@@ -95,19 +97,23 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    replicate = {"seed": args.seed, "precision": args.precision}  # stored with every method's entry
     conditions = {"command": " ".join(["python", *sys.argv]), "threads": torch.get_num_threads(),
                   "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                   "budget": f"{args.budget_steps} steps x {args.batch_size} examples per method per task",
-                  "seed": args.seed}
+                  **replicate}
     print(json.dumps(conditions))
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for name, row in results.items():  # a replicate's methods share one seed (entries before --seed used 0)
-        seeds = {m: entry.get("seed", 0) for m, entry in row.items() if entry.get("seed", 0) != args.seed}
-        if seeds:
-            raise SystemExit(f"{results_path}: {name} {', '.join(seeds)} ran with --seed "
-                             f"{', '.join(map(str, sorted(set(seeds.values()))))}, not {args.seed}: use another "
-                             "--output-dir per seed")
+    # a replicate's methods share one seed and precision (entries before these options used 0 and fp32)
+    for option, default in (("seed", 0), ("precision", "fp32")):
+        wanted = getattr(args, option)
+        for name, row in results.items():
+            other = {m: entry.get(option, default) for m, entry in row.items() if entry.get(option, default) != wanted}
+            if other:
+                raise SystemExit(f"{results_path}: {name} {', '.join(other)} ran with --{option} "
+                                 f"{', '.join(map(str, sorted(set(other.values()))))}, not {wanted}: use another "
+                                 f"--output-dir per {option}")
     eval_every = args.eval_every or max(1, args.budget_steps // 18)
     for name in args.tasks:
         task = get_task(name)
@@ -115,7 +121,8 @@ def main(argv=None) -> int:
         base = TrainConfig(learning_rate=args.learning_rate, batch_size=args.batch_size,
                            max_seq_length=args.max_seq_length, max_train_examples=args.max_train_examples,
                            max_steps=args.budget_steps, eval_every=eval_every,
-                           early_stopping_patience=0, warmup_fraction=0.1, weight_decay=0.01, seed=args.seed)
+                           early_stopping_patience=0, warmup_fraction=0.1, weight_decay=0.01, seed=args.seed,
+                           precision=args.precision)
         run = RunConfig(task=name, model=args.model, output_dir=str(out / "a"), predict_test=False, train=base)
         oracle = run.task_dir  # (a)'s model, Agora's oracle
         needs_a = "a" in args.methods or any(m in args.methods and m not in row for m in ("c", "c_holdout"))
@@ -126,7 +133,7 @@ def main(argv=None) -> int:
             save_trained(run, task, model, tokenizer, result)
             shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
             row["a"] = {"score": result.score, "metrics": result.dev_metrics, "seconds": time.time() - t0,
-                        "seed": args.seed}
+                        **replicate}
             print(name, "a", row["a"], flush=True)
             atomic_write_json(results_path, results)
 
@@ -142,7 +149,7 @@ def main(argv=None) -> int:
             row["b"] = {"score": study.best_value, "metrics": study.best_trial.user_attrs["dev_metrics"],
                         "params": study.best_trial.params, "trials": len(study.trials),
                         "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
-                        "steps": steps_used(study), "seconds": time.time() - t0, "seed": args.seed}
+                        "steps": steps_used(study), "seconds": time.time() - t0, **replicate}
             print(name, "b", row["b"], flush=True)
             atomic_write_json(results_path, results)
 
@@ -165,9 +172,9 @@ def main(argv=None) -> int:
                                   progress=False)
                 row[method] = {"score": state["best"]["score"], "metrics": state["best"]["metrics"],
                                "rounds": [{k: r[k] for k in ("round", "best_score", "errors", "added", "train_size")}
-                                          for r in state["rounds"]], "seconds": time.time() - t0, "seed": args.seed}
+                                          for r in state["rounds"]], "seconds": time.time() - t0, **replicate}
             except OracleTooWeak as e:
-                row[method] = {"score": None, "refused": str(e), "seconds": time.time() - t0, "seed": args.seed}
+                row[method] = {"score": None, "refused": str(e), "seconds": time.time() - t0, **replicate}
             print(name, method, row[method], flush=True)
             atomic_write_json(results_path, results)
     print(table(results, get_metric_names(results)))

@@ -41,7 +41,7 @@ from data.files import atomic_write_json  # noqa: E402
 from finetune.metrics import compute_metrics  # noqa: E402
 from finetune.pipeline import RunConfig, load_splits  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
-from finetune.trainer import load_model, load_tokenizer, predict  # noqa: E402
+from finetune.trainer import autocast, default_device, load_model, load_tokenizer, predict  # noqa: E402
 
 METHOD_FOLDERS = {"a": "a/{task}", "b": "b/{task}/sweep/best", "c": "c/{task}/agora/best",
                   "c_no_examples": "c_no_examples/{task}/agora/best", "c_holdout": "c_holdout/{task}/agora/best"}
@@ -92,6 +92,15 @@ def model_folders(args: argparse.Namespace) -> dict[str, list[Path]]:
     return folders
 
 
+def predict_as_trained(task, folder: Path, dev: list, max_seq_length: int) -> np.ndarray:
+    """``folder``'s dev predictions in the precision it was trained and scored in (``finetune_config.json``'s
+    ``train.precision``; fp32 when absent), so they reproduce its dev score."""
+    config = folder / "finetune_config.json"
+    precision = json.loads(config.read_text()).get("train", {}).get("precision", "fp32") if config.is_file() else "fp32"
+    with autocast(precision, default_device()):
+        return predict(load_model(task, str(folder)), load_tokenizer(str(folder)), task, dev, max_seq_length)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -100,8 +109,8 @@ def main(argv=None) -> int:
     run = RunConfig(task=task.name, data_dir=args.data_dir)
     _, dev_sets = load_splits(task, run.data_path)
     split, dev = next(iter(dev_sets.items()))
-    predictions = {label: [predict(load_model(task, str(folder)), load_tokenizer(str(folder)), task, dev,
-                                   args.max_seq_length) for folder in paths] for label, paths in folders.items()}
+    predictions = {label: [predict_as_trained(task, folder, dev, args.max_seq_length) for folder in paths]
+                   for label, paths in folders.items()}
     replicates = {label: [compute_metrics(task, p, dev)["score"] for p in preds]
                   for label, preds in predictions.items()}
     scores = {label: float(np.mean(r)) for label, r in replicates.items()}
