@@ -36,9 +36,12 @@ def _sweep_signalled_in_trial(tiny_model, tmp_path, trial: int, sig: int, *extra
             "--eval-every", "60", "--save-steps", "20", "--max-seq-length", "64", "--max-eval-examples", "24",
             "--quiet", *extra]
     checkpoints = out / "CB" / "sweep" / "checkpoints" / f"trial_{trial}"
+    # SIGINT as a terminal's Ctrl-C finds it: pytest started as a background job of a shell without job control
+    # ignores SIGINT, the command would inherit that and Python would then never raise KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, str(ROOT / "finetune" / "run_finetune.py"), *args],
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("step-*/training_state.pt")):
