@@ -47,7 +47,7 @@ from finetune.agora import AgoraConfig, OracleTooWeak, run_agora  # noqa: E402
 from finetune.pipeline import RunConfig, run_once, save_trained  # noqa: E402
 from finetune.sweep import SweepConfig, run_sweep, steps_used  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
-from finetune.trainer import TrainConfig  # noqa: E402
+from finetune.trainer import PRECISIONS, TrainConfig  # noqa: E402
 
 TASKS = ["CB", "RTE", "MRPC", "STS-B", "CoLA", "SST-2"]
 METHODS = ["a", "b", "c", "c_no_examples", "c_holdout"]
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "its rounds, replay and warm start; c_holdout mines errors on held-out training examples "
                         "(200, at most a fifth) instead of dev, so dev stays clean. A method already in the output's "
                         "results.json is kept")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="all methods' training and dev passes (fine-tuning's --precision; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="replicate: (a)'s seed, (b)'s grid order, (c)'s sample of configurations (default: 0)")
