@@ -5,7 +5,9 @@ Budget: every method gets ``--budget-steps`` optimiser steps of ``--batch-size``
 every method evaluates dev every ``--eval-every`` steps and keeps its best checkpoint:
 (a) one run of that many steps with the default hyperparameters; (b) a budgeted sweep (``budget_steps``): trials of
 at most ``--trial-fraction`` of the budget, sampled from the grid, stopped by successive halving (``--pruner``)
-unless among the best third at each rung, until the budget is spent (``--trials`` caps their number);
+unless among the best third at each rung, until the budget is spent (``--trials`` caps their number); with
+``--pruner sync-halving`` every configuration of a plan that fits the budget is trained to the first rung and paused,
+and the best third continue from there, rung by rung;
 (c) Agora with ``--agora-configs`` configurations per round for ``--agora-rounds`` rounds of
 ``budget / (configs * rounds)`` steps each, later rounds starting from the best model so far (``--agora-warm-start``).
 Agora's oracle is (a)'s model (the teacher fine-tuned with the default run), so the oracle costs no extra steps; where
@@ -45,7 +47,7 @@ import torch  # noqa: E402
 from data.files import atomic_write_json  # noqa: E402
 from finetune.agora import AgoraConfig, OracleTooWeak, run_agora  # noqa: E402
 from finetune.pipeline import RunConfig, run_once, save_trained  # noqa: E402
-from finetune.sweep import SweepConfig, run_sweep, steps_used  # noqa: E402
+from finetune.sweep import PRUNERS, SweepConfig, run_sweep, steps_used  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
 from finetune.trainer import PRECISIONS, TrainConfig  # noqa: E402
 
@@ -70,8 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=40, help="(b): at most this many trials (default: 40)")
     p.add_argument("--trial-fraction", type=float, default=0.5,
                    help="(b): a trial's steps as a share of the budget (default: 0.5)")
-    p.add_argument("--pruner", default="halving", choices=["none", "median", "halving"],
-                   help="(b): pruner (default: %(default)s)")
+    p.add_argument("--pruner", default="halving", choices=PRUNERS,
+                   help="(b): pruner; sync-halving plans its configurations and rungs to fit the budget "
+                        "(default: %(default)s)")
     p.add_argument("--first-rung", type=float, default=0.0,
                    help="(b): halving's first rung as a share of a trial's steps (default: the first dev evaluation)")
     p.add_argument("--agora-warm-start", action=argparse.BooleanOptionalAction, default=True,
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
             row["b"] = {"score": study.best_value, "metrics": study.best_trial.user_attrs["dev_metrics"],
                         "params": study.best_trial.params, "trials": len(study.trials),
                         "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
-                        "steps": steps_used(study), "seconds": time.time() - t0, **replicate}
+                        "steps": steps_used(study), "pruner": args.pruner, "seconds": time.time() - t0, **replicate}
             print(name, "b", row["b"], flush=True)
             atomic_write_json(results_path, results)
 

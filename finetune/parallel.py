@@ -27,11 +27,13 @@ class ParallelRuns:
         self._training = False
 
     def run_once(self, config, train_examples=None, save: bool = True, on_evaluate=None, progress: bool = True,
-                 checkpoint=None):
+                 checkpoint=None, pause_at: int = 0):
         """:func:`finetune.pipeline.run_once` on all ranks (called on rank 0; same arguments and result)."""
         if self.engine.world_size == 1:
-            return run_once(config, train_examples, save, on_evaluate, progress, checkpoint=checkpoint)
-        self.engine.gather_object({"config": config, "train_examples": train_examples, "checkpoint": checkpoint})
+            return run_once(config, train_examples, save, on_evaluate, progress, checkpoint=checkpoint,
+                            pause_at=pause_at)
+        self.engine.gather_object({"config": config, "train_examples": train_examples, "checkpoint": checkpoint,
+                                   "pause_at": pause_at})
 
         def report(step: int, score: float) -> None:
             try:
@@ -44,7 +46,8 @@ class ParallelRuns:
             self.engine.gather_object(False)
 
         self._training = True
-        result = run_once(config, train_examples, save, report, progress, engine=self.engine, checkpoint=checkpoint)
+        result = run_once(config, train_examples, save, report, progress, engine=self.engine, checkpoint=checkpoint,
+                          pause_at=pause_at)
         self._training = False
         return result
 
@@ -58,7 +61,7 @@ class ParallelRuns:
 
             try:
                 run_once(job["config"], job["train_examples"], save=False, on_evaluate=stop_if_told, progress=False,
-                         engine=self.engine, checkpoint=job["checkpoint"])
+                         engine=self.engine, checkpoint=job["checkpoint"], pause_at=job["pause_at"])
             except _StoppedByRankZero:
                 pass
             n += 1

@@ -106,8 +106,8 @@ def predict_tests(task: Task, model, tokenizer, data_dir: Path, folder: Path, ma
 
 
 def run_once(config: RunConfig, train_examples: list[Example] | None = None, save: bool = True,
-             on_evaluate=None, progress: bool = True, engine=None, checkpoint: Path | None = None
-             ) -> tuple[RunResult, object, object]:
+             on_evaluate=None, progress: bool = True, engine=None, checkpoint: Path | None = None,
+             pause_at: int = 0) -> tuple[RunResult, object, object]:
     """Fine-tune ``config.model`` on ``config.task``; save the best checkpoint into ``config.task_dir`` with its
     dev metrics, resolved config and test predictions (``predictions/``).
 
@@ -119,6 +119,7 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
         engine: a data-parallel engine (:mod:`bort.distributed`) whose ranks all call this; only rank 0 saves.
         checkpoint: a folder for resumable checkpoints (None: none): one every ``config.save_steps`` steps, and the run
             continues from the newest one there (see :func:`finetune.trainer.train`); the caller deletes it when done.
+        pause_at: stop after this step with a checkpoint, to be continued (:func:`finetune.trainer.train`); 0: never.
 
     Returns:
         The run's result, the fine-tuned model (at its best dev checkpoint) and its tokenizer.
@@ -131,7 +132,7 @@ def run_once(config: RunConfig, train_examples: list[Example] | None = None, sav
     model = load_model(task, config.model)
     result = train(task, model, tokenizer, train_examples if train_examples is not None else train_file_examples,
                    dev_sets, config.train, on_evaluate=on_evaluate, progress=progress, engine=engine,
-                   checkpoint=checkpoint, save_steps=config.save_steps)
+                   checkpoint=checkpoint, save_steps=config.save_steps, pause_at=pause_at)
     if save and (engine is None or engine.is_main):
         save_trained(config, task, model, tokenizer, result, data_dir)
     return result, model, tokenizer

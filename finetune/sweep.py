@@ -17,7 +17,13 @@ budgeted search: each trial is cut to the steps that remain when it starts, and 
 With ``pruner="halving"`` (Optuna's asynchronous successive halving, Li et al. 2020, arXiv 1810.05934) a trial
 continues past each rung (dev evaluations at 1, 3, 9, ... times the first rung's step: ``halving_min_steps``, else
 the first evaluation) only while it is among the best third there, so the budget buys many short trials and a few
-long ones.
+long ones. Asynchronous halving promotes a trial that is best among the few that reached a rung before it, so with a
+handful of trials the sampler's order decides which configuration gets a long run. ``pruner="sync-halving"``
+(synchronous successive halving, Jamieson & Talwalkar 2016, arXiv 1502.07943) removes that: every configuration of the
+first rung is trained to it and paused there with a checkpoint, and only when all of them have reported are the best
+third continued from their checkpoints to the next rung, and so on (:func:`halving_plan`). Each stretch of a
+configuration's run is one trial (user attributes ``rung`` and ``config``, the number of its first trial); workers
+sharing the study wait at a rung until it is complete.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ import functools
 import json
 import logging
 import math
+import os
+import platform
 import shutil
+import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -78,7 +87,8 @@ def load_space(path: str | None) -> dict[str, list]:
     return space
 
 
-PRUNERS = ("none", "median", "halving")
+PRUNERS = ("none", "median", "halving", "sync-halving")
+REDUCTION_FACTOR = 3  # both halvings keep the best third of the trials at each rung
 
 
 @dataclass
@@ -88,7 +98,7 @@ class SweepConfig:
     sampler: str = field(default="grid", metadata={"help": "grid (every point of the space) or tpe"})
     n_trials: int = field(default=20, metadata={
         "help": "finished trials wanted in the study in total (over resumptions and workers); a grid stops earlier "
-                "when exhausted"})
+                "when exhausted; sync-halving: configurations at the first rung"})
     storage: str = field(default="", metadata={
         "help": "Optuna storage URL (e.g. sqlite:///sweep.db, postgresql://...); default: sqlite file in the output"})
     study_name: str = field(default="", metadata={"help": "study name (default: TASK-sweep)"})
@@ -96,12 +106,16 @@ class SweepConfig:
                                                      "Bort's grid, 480 points)"})
     sampler_seed: int = field(default=0, metadata={"help": "seed of the sampler (grid order, TPE)"})
     pruner: str = field(default="none", metadata={
-        "help": "none, median (stop trials below the median dev score at the same step) or halving (successive "
-                "halving: continue only the best third at each rung)"})
+        "help": "none, median (stop trials below the median dev score at the same step), halving (asynchronous "
+                "successive halving: a trial continues past a rung while among the best third of the trials that "
+                "reached it so far) or sync-halving (synchronous: every configuration is trained to the first rung "
+                "and paused, then the best third continue from their checkpoints to the next rung, and so on; "
+                "--n-trials configurations at the first rung, fewer where the plan must fit --budget-steps)",
+        "choices": list(PRUNERS)})
     halving_min_steps: int = field(default=0, metadata={
-        "help": "halving: steps of the first rung, rounded up to a dev evaluation (0: --eval-every, else Optuna's "
-                "estimate from the first finished trial); put it where runs have separated, as a rung that comes "
-                "before stops trials on indistinguishable scores"})
+        "help": "halving and sync-halving: steps of the first rung, rounded up to a dev evaluation (0: --eval-every, "
+                "else, for halving only, Optuna's estimate from the first finished trial); put it where runs have "
+                "separated, as a rung that comes before stops trials on indistinguishable scores"})
     budget_steps: int = field(default=0, metadata={
         "help": "optimiser steps of all trials together (0: no limit); a trial is cut to the steps left when it "
                 "starts and the sweep stops when none are left (workers started at once may each take the rest)"})
@@ -143,7 +157,8 @@ def open_study(run: RunConfig, sweep: SweepConfig, space: dict[str, list]) -> op
               # rungs at 1, 3, 9, ... times the first; without one Optuna derives it from the first finished trial
               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
                   min_resource=first_rung(run.train.eval_every, sweep.halving_min_steps) or "auto",
-                  reduction_factor=3)}[sweep.pruner]()
+                  reduction_factor=REDUCTION_FACTOR),
+              "sync-halving": optuna.pruners.NopPruner}[sweep.pruner]()  # its rungs are run_sweep's
     name = sweep.study_name or f"{run.task}-sweep"
     defining = {"task": run.task, "model": run.model, "space": space,
                 "train": {k: v for k, v in asdict(run.train).items() if k not in space}}
@@ -158,6 +173,121 @@ def first_rung(eval_every: int, min_steps: int) -> int:
     if min_steps and eval_every:
         return math.ceil(min_steps / eval_every) * eval_every
     return min_steps or eval_every
+
+
+def halving_plan(first: int, total: int, n_max: int, budget: int = 0,
+                 eta: int = REDUCTION_FACTOR) -> dict:
+    """Synchronous successive halving's plan (Jamieson & Talwalkar 2016, arXiv 1502.07943).
+
+    Args:
+        first: the first rung, in optimiser steps (> 0).
+        total: a configuration's full run, in steps; the last rung.
+        n_max: the most configurations to start (e.g. ``--n-trials``, or the grid's size).
+        budget: optimiser steps of the whole plan (0: no limit).
+        eta: reduction factor: each rung continues ``count // eta`` (at least one) of the configurations before it.
+
+    Returns:
+        ``{"rungs": [first, eta*first, ..., total], "counts": [n, n // eta, ..., 1], "steps": S}``: the step each rung
+        ends at, how many configurations reach it, and the plan's optimiser steps S, the sum over rungs of
+        ``counts[k] * (rungs[k] - rungs[k-1])``, with ``n`` the largest number up to ``n_max`` whose S fits the budget.
+
+    Raises:
+        ValueError: ``first`` or ``total`` < 1, or a budget below one configuration's full run.
+    """
+    if first < 1 or total < 1 or n_max < 1:
+        raise ValueError(f"sync-halving needs a first rung, a run length and configurations >= 1, got "
+                         f"{first}, {total}, {n_max} (set --eval-every or --halving-min-steps)")
+    rungs = []
+    while first < total:
+        rungs.append(first)
+        first *= eta
+    rungs.append(total)
+
+    def counts(n: int) -> list[int]:
+        out = [n]
+        while len(out) < len(rungs):
+            out.append(max(1, out[-1] // eta))
+        return out
+
+    def cost(n: int) -> int:
+        return sum(c * (r - before) for c, r, before in zip(counts(n), rungs, [0, *rungs]))
+
+    if budget and cost(1) > budget:
+        raise ValueError(f"--budget-steps {budget} is less than one configuration's run of {total} steps: raise the "
+                         "budget or lower --max-steps")
+    n = n_max
+    while budget and cost(n) > budget:
+        n -= 1
+    return {"rungs": rungs, "counts": counts(n), "steps": cost(n)}
+
+
+def _plan(run: RunConfig, sweep: SweepConfig, space: dict[str, list], total: int) -> dict:
+    """Sync-halving's plan for these settings (:func:`halving_plan`); raises ValueError before anything is written."""
+    if not run.train.eval_every:  # a paused configuration is ranked by its dev scores up to the rung
+        raise ValueError("--pruner sync-halving needs --eval-every: its rungs are dev evaluations")
+    n_max = sweep.n_trials
+    if sweep.sampler == "grid":  # a grid has no more configurations than its points
+        n_max = min(n_max, math.prod(len(v) for v in space.values()))
+    return halving_plan(first_rung(run.train.eval_every, sweep.halving_min_steps), total, n_max, sweep.budget_steps)
+
+
+def _study_plan(study: optuna.Study, plan: dict) -> dict:
+    """The plan stored in the study by its first worker (else ``plan``, stored now): resumed and joining workers
+    follow the plan its trials were started under."""
+    stored = study.user_attrs.get("halving_plan")
+    if stored is None:
+        study.set_user_attr("halving_plan", plan)
+        logger.info("sync-halving plan: %s configurations at rungs of %s steps, %d steps in all",
+                    plan["counts"], plan["rungs"], plan["steps"])
+        return plan
+    if stored != plan:
+        logger.warning("study %s keeps the plan it was started with, %s, not %s", study.study_name, stored, plan)
+    return stored
+
+
+def _config_of(trial: optuna.trial.FrozenTrial) -> int:
+    """Sync-halving: the number of the trial that started the configuration's run (its checkpoint folder's name)."""
+    return int(trial.user_attrs.get("config", _first_attempt(trial)))
+
+
+def _promotion_order(trial: optuna.trial.FrozenTrial) -> tuple:
+    # best score first; ties broken by the configuration, not by the order the sampler proposed it in
+    return -trial.user_attrs["rung_score"], json.dumps(trial.params, sort_keys=True)
+
+
+def _next_in_plan(study: optuna.Study, plan: dict, folder: Path, poll_seconds: float) -> bool:
+    """Synchronous halving's barrier, called before each trial: True when a trial of the plan can start (a new
+    configuration for the first rung, or a queued continuation, queued here once a rung is complete), False when the
+    plan is done. While other workers are still training the current rung it waits, failing stale trials meanwhile
+    (their retries are queued and then taken)."""
+    rungs, counts = plan["rungs"], plan["counts"]
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return True
+        live = [t for t in trials if t.state != TrialState.FAIL]  # a failed trial's queued retry stands for it
+        at = [[t for t in live if t.user_attrs.get("rung", 0) == k] for k in range(len(rungs))]
+        if len({_config_of(t) for t in at[0]}) < counts[0]:
+            return True
+        for k in range(len(rungs) - 1):
+            if not all(t.state.is_finished() for t in at[k]):
+                break
+            paused = sorted((t for t in at[k] if "rung_score" in t.user_attrs), key=_promotion_order)
+            promoted = {t.user_attrs["config"] for t in at[k + 1]}
+            todo = [t for t in paused[:counts[k + 1]] if t.user_attrs["config"] not in promoted]
+            if todo:
+                for t in todo:
+                    study.enqueue_trial(t.params, user_attrs={"rung": k + 1, "config": t.user_attrs["config"]})
+                for t in paused[counts[k + 1]:]:  # not continued: their checkpoints are no longer needed
+                    shutil.rmtree(folder / "checkpoints" / f"trial_{t.user_attrs['config']}", ignore_errors=True)
+                logger.info("rung %d complete: continuing configuration(s) %s to step %d", k,
+                            [t.user_attrs["config"] for t in todo], rungs[k + 1])
+                return True
+        else:
+            if all(t.state.is_finished() for t in at[-1]):
+                return False
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(poll_seconds)
 
 
 def _finished(study: optuna.Study) -> int:
@@ -208,18 +338,32 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
         The study; ``study.best_trial.user_attrs`` holds the best trial's dev metrics and its model folder.
     """
     space = load_space(sweep.space)
-    study = open_study(run, sweep, space)
-    folder = sweep_dir(run)
-    atomic_write_json(folder / "sweep_config.json", {"run": asdict(run), "sweep": asdict(sweep), "space": space},
-                      default=str)
 
     @functools.cache
     def train_size() -> int:  # read once per sweep, and only when a budget needs it
         return 0 if run.train.max_steps > 0 else len(get_task(run.task).read(run.data_path, "train"))
 
+    plan = _plan(run, sweep, space, planned_steps(run.train, train_size())) if sweep.pruner == "sync-halving" else None
+    study = open_study(run, sweep, space)
+    folder = sweep_dir(run)
+    atomic_write_json(folder / "sweep_config.json", {"run": asdict(run), "sweep": asdict(sweep), "space": space},
+                      default=str)
+
     def objective(trial: optuna.Trial) -> float:
         params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
-        twin = _trained_twin(study, params)
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")  # which process trained it
+        rung, pause_at = 0, 0
+        if plan is not None:  # sync-halving: a stretch of one configuration's run, to a rung
+            rung, config_number = int(frozen.user_attrs.get("rung", 0)), _config_of(frozen)
+            trial.set_user_attr("rung", rung)
+            trial.set_user_attr("config", config_number)
+            pause_at = plan["rungs"][rung] if rung < len(plan["rungs"]) - 1 else 0
+            if rung and any(t.number < trial.number and t.state != TrialState.FAIL and t.user_attrs.get("rung") == rung
+                            and t.user_attrs.get("config") == config_number for t in study.get_trials(deepcopy=False)):
+                trial.set_user_attr("steps", 0)  # two workers queued the same promotion: the first one trains it
+                raise optuna.TrialPruned(f"configuration {config_number} is already continued to rung {rung}")
+        twin = None if rung else _trained_twin(study, params)
         if twin is not None:  # same configuration and seed, same training: its outcome, no steps spent
             trial.set_user_attr("duplicate_of", twin.number)
             trial.set_user_attr("steps", 0)
@@ -228,11 +372,13 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
             trial.set_user_attr("dev_metrics", twin.user_attrs["dev_metrics"])
             return twin.value
         # A retry (of a trial whose worker died, or that was interrupted) inherits the trial's attributes and
-        # reported values, and continues from the newest checkpoint of the trial it retries.
-        frozen = study.get_trials(deepcopy=False)[trial.number]
-        checkpoint = folder / "checkpoints" / f"trial_{_first_attempt(frozen)}"
+        # reported values, and continues from the newest checkpoint of the trial it retries; so does a continuation
+        # of sync-halving, from where its configuration paused.
+        checkpoint = folder / "checkpoints" / f"trial_{_config_of(frozen) if plan else _first_attempt(frozen)}"
         config = replace(run, train=replace(run.train, **params))
-        if sweep.budget_steps:
+        if plan is not None:  # the plan fits the budget; every stretch follows the schedule of the full run
+            config = replace(config, train=replace(config.train, max_steps=plan["rungs"][-1]))
+        elif sweep.budget_steps:
             left = sweep.budget_steps - steps_used(study)
             if left < 1:  # another worker used the rest meanwhile
                 shutil.rmtree(checkpoint, ignore_errors=True)
@@ -262,13 +408,18 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
 
         try:
             result, model, tokenizer = run_job(config, save=False, on_evaluate=report, progress=progress,
-                                               checkpoint=checkpoint)
+                                               checkpoint=checkpoint, **({"pause_at": pause_at} if pause_at else {}))
         except KeyboardInterrupt:  # Optuna fails the trial: queue it again, to continue from its checkpoint
             _requeue(study, trial.number)
             raise
         except BaseException:
-            shutil.rmtree(checkpoint, ignore_errors=True)
+            if plan is None:  # sync-halving keeps a paused configuration's checkpoint (the error names a bad one)
+                shutil.rmtree(checkpoint, ignore_errors=True)
             raise
+        if result.paused:  # sync-halving: kept, with its checkpoint, until the rung is complete
+            trial.set_user_attr("steps", result.steps)
+            trial.set_user_attr("rung_score", result.score)  # the best dev score so far, as its model would be
+            raise optuna.TrialPruned(f"paused at step {result.steps}, rung {rung}")
         shutil.rmtree(checkpoint, ignore_errors=True)
         trial.set_user_attr("dev_metrics", result.dev_metrics)
         trial.set_user_attr("best_step", result.best_step)
@@ -286,6 +437,14 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
         if sweep.budget_steps and steps_used(study) >= sweep.budget_steps:
             study.stop()
 
+    if plan is not None:
+        plan = _study_plan(study, plan)
+        # one trial at a time, each after the barrier: the grid sampler stops a study.optimize call once its points
+        # are all proposed, while continuations of them are still to come
+        while _next_in_plan(study, plan, folder, poll_seconds=min(5, sweep.heartbeat_interval)):
+            study.optimize(objective, n_trials=1, gc_after_trial=True)
+        finalize(study, folder, run)
+        return study
     done = _finished(study)
     spent = sweep.budget_steps and steps_used(study) >= sweep.budget_steps
     if done < sweep.n_trials and not spent:

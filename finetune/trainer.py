@@ -318,6 +318,7 @@ class RunResult:
     steps: int
     history: list[dict]
     truncated: int
+    paused: bool = False  # stopped at ``pause_at`` with a checkpoint, to be continued
 
     @property
     def score(self) -> float:
@@ -362,6 +363,7 @@ def train(
     engine: SingleProcess | None = None,
     checkpoint: Path | None = None,
     save_steps: int = 0,
+    pause_at: int = 0,
 ) -> RunResult:
     """Fine-tune ``model`` in place and leave it at its best dev checkpoint.
 
@@ -382,13 +384,20 @@ def train(
             model, data, hyperparameters and number of processes continues from the newest one and ends as the
             uninterrupted run would (same batches, dropout draws, optimizer and schedule state, best checkpoint).
         save_steps: steps between checkpoints (0: none).
+        pause_at: stop after this step (0: never) with a checkpoint saved there, the result's ``paused`` set and the
+            model at its best dev checkpoint so far; the same call with a later ``pause_at`` (or 0) continues the run
+            as if it had not stopped (synchronous successive halving pauses every configuration at a rung). The
+            learning-rate schedule stays the one of ``config``'s full length. Ignored at or after the last step.
 
     Returns:
         The best dev metrics (all splits, at the checkpoint chosen on the first split) and the training history.
 
     Raises:
         CheckpointError (a ValueError): ``checkpoint`` holds a checkpoint of another run, or an unreadable one.
+        ValueError: ``pause_at`` without a ``checkpoint`` folder to continue from.
     """
+    if pause_at and checkpoint is None:
+        raise ValueError(f"pause_at={pause_at} needs a checkpoint folder to continue the run from")
     set_seed(config.seed)
     engine = engine or SingleProcess()
     device = engine.device()
@@ -434,7 +443,9 @@ def train(
         best_step, bad_evals, history = resumed["best_step"], resumed["bad_evals"], resumed["history"]
     bar = tqdm(total=total, initial=step, leave=False, disable=not progress or not engine.is_main,
                desc=f"{task.name} lr={config.learning_rate:g} bs={config.batch_size} seed={config.seed}")
-    stop = False
+    stop = paused = False
+    if 0 < pause_at <= step < total:  # resumed from where it paused before: nothing to train until continued
+        stop = paused = True
     while step < total and not stop:
         sampler.set_epoch(epoch)
         module.train()
@@ -481,7 +492,8 @@ def train(
                     stop = True
             if step >= total or stop:
                 break
-            if checkpoint and save_steps > 0 and step % save_steps == 0:
+            paused = step == pause_at
+            if checkpoint and (paused or save_steps > 0 and step % save_steps == 0):
                 rngs = engine.gather_object(rng_state())  # each rank's own: dropout draws differ between ranks
                 if engine.is_main:
                     save_checkpoint(checkpoint, step, {
@@ -492,11 +504,14 @@ def train(
                         "best_metrics": best_metrics, "best_step": best_step, "bad_evals": bad_evals,
                         "history": history}, {"task": task.name, "train": asdict(config), "step": step,
                                               "processes": engine.world_size}, keep=1, config_file=CHECKPOINT_CONFIG)
+            if paused:
+                stop = True
+                break
         epoch += 1
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    return RunResult(best_metrics, best_step, step, history, truncated)
+    return RunResult(best_metrics, best_step, step, history, truncated, paused)
 
 
 CHECKPOINT_CONFIG = "finetune_checkpoint.json"

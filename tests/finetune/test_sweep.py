@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 
 from finetune.run_finetune import main
 from finetune.pipeline import RunConfig, run_once
-from finetune.sweep import BORT_GRID, SweepConfig, first_rung, load_space, open_study, run_sweep, steps_used
+from finetune.sweep import (BORT_GRID, SweepConfig, first_rung, halving_plan, load_space, open_study, run_sweep,
+                            steps_used)
 from finetune.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,3 +263,148 @@ def test_ctrl_c_on_the_command_line_exits_130_and_the_same_command_continues_the
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert study.trials[1].params == study.trials[0].params and study.trials[1].user_attrs["steps"] == 120
     assert {t.params["learning_rate"] for t in study.trials[1:]} == {0.001, 0.0005}
+
+
+def test_halving_plan_fits_the_budget_with_the_most_configurations():
+    # the quality benchmark's MRPC sweep: rungs 120/360/1080 under 2160 steps -> 8 configurations, 2, then 1
+    assert halving_plan(120, 1080, 36, 2160) == {"rungs": [120, 360, 1080], "counts": [8, 2, 1], "steps": 2160}
+    assert halving_plan(2, 18, 9) == {"rungs": [2, 6, 18], "counts": [9, 3, 1], "steps": 9 * 2 + 3 * 4 + 12}
+    assert halving_plan(2, 18, 9, budget=40)["counts"] == [8, 2, 1]  # 9 configurations would need 42
+    assert halving_plan(20, 18, 4) == {"rungs": [18], "counts": [4], "steps": 72}  # a first rung past the run
+    with pytest.raises(ValueError, match="--budget-steps 17 is less than one configuration's run of 18 steps"):
+        halving_plan(2, 18, 9, budget=17)
+    with pytest.raises(ValueError, match="set --eval-every or --halving-min-steps"):
+        halving_plan(0, 18, 9)
+
+
+def _sync_sweep(tiny_model, tmp_path, sampler_seed=0, **sweep):
+    """STS-B (a continuous score: no ties) on the tiny model: 3 learning rates x 3 seeds, runs of 18 steps with dev
+    every 2, so synchronous halving's rungs are at 2, 6 and 18 steps."""
+    tmp_path.mkdir(exist_ok=True)
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: [0.003, 0.001, 0.0003]\nseed: [0, 1, 2]\nbatch_size: [8]\n")
+    train = TrainConfig(max_train_examples=64, max_steps=18, eval_every=2, max_seq_length=64, max_eval_examples=32)
+    run = RunConfig("STS-B", model=str(tiny_model), output_dir=str(tmp_path / "out"), predict_test=False,
+                    save_steps=3, train=train)
+    config = SweepConfig(space=str(space), n_trials=9, pruner="sync-halving", sampler_seed=sampler_seed,
+                         storage=f"sqlite:///{tmp_path / 's.db'}", **sweep)
+    return run, config
+
+
+def _by_rung(study):
+    rungs = {}
+    for t in study.trials:
+        rungs.setdefault(t.user_attrs["rung"], []).append(t)
+    return [rungs[k] for k in sorted(rungs)]
+
+
+@pytest.fixture(scope="module")
+def sync_sweep(tiny_model, tmp_path_factory):
+    """One uninterrupted sync-halving sweep, by one worker: (run, sweep, study)."""
+    run, sweep = _sync_sweep(tiny_model, tmp_path_factory.mktemp("sync"))
+    return run, sweep, run_sweep(run, sweep, progress=False)
+
+
+def test_sync_halving_pauses_every_configuration_at_a_rung_before_continuing_the_best(sync_sweep):
+    run, sweep, study = sync_sweep
+    assert study.user_attrs["halving_plan"] == {"rungs": [2, 6, 18], "counts": [9, 3, 1], "steps": 42}
+    first, second, last = _by_rung(study)
+    assert len({json.dumps(t.params, sort_keys=True) for t in first}) == 9  # the whole grid reached the first rung
+    # the barrier: no configuration continued before all had paused at the rung
+    assert max(t.number for t in first) < min(t.number for t in second) < max(t.number for t in second) < \
+        last[0].number
+    curves = {}  # configuration -> its dev scores over all its trials
+    for paused, rung in ((first, 2), (second, 6)):
+        for t in paused:
+            curves.setdefault(t.user_attrs["config"], {}).update(t.intermediate_values)
+            assert t.state == TrialState.PRUNED and t.user_attrs["steps"] == rung and max(t.intermediate_values) == rung
+            assert t.user_attrs["rung_score"] == max(curves[t.user_attrs["config"]].values())  # its best so far
+    ranked = sorted(first, key=lambda t: -t.user_attrs["rung_score"])
+    assert [t.user_attrs["config"] for t in second] == [t.number for t in ranked[:3]]
+    assert [t.user_attrs["resumed_from"] for t in second] == [2, 2, 2]  # each continued from its pause
+    (winner,) = last
+    assert winner.user_attrs["config"] == max(second, key=lambda t: t.user_attrs["rung_score"]).user_attrs["config"]
+    assert winner.state == TrialState.COMPLETE and winner.user_attrs["resumed_from"] == 6
+    assert winner.user_attrs["steps"] == 18 and steps_used(study) == 42 and study.best_trial.number == winner.number
+
+    # the continued run is the configuration's uninterrupted run of 18 steps
+    reported = {}
+    result, _, _ = run_once(replace(run, train=replace(run.train, **winner.params)), save=False, progress=False,
+                            on_evaluate=reported.__setitem__)
+    assert winner.value == result.score
+    assert winner.intermediate_values == {s: v for s, v in reported.items() if s > 6}
+    folder = Path(run.output_dir) / "STS-B" / "sweep"
+    assert not (folder / "checkpoints").exists()
+    assert json.loads((folder / "best" / "finetune_config.json").read_text())["trial"] == winner.number
+    assert run_sweep(run, sweep, progress=False).trials == study.trials  # done: the same call trains nothing
+
+
+def test_sync_halving_in_another_order_and_interrupted_by_ctrl_c_picks_the_same_winner(sync_sweep, tiny_model,
+                                                                                      tmp_path, caplog):
+    """Another grid order, and Ctrl-C at step 4 of the first continuation (after its checkpoint at step 3): resumed,
+    the sweep ends with the same winner, score and steps as the uninterrupted one."""
+    *_, baseline = sync_sweep
+    run, sweep = _sync_sweep(tiny_model, tmp_path, sampler_seed=1)
+
+    def ctrl_c_in_a_continuation(config, save=True, on_evaluate=None, progress=True, checkpoint=None, pause_at=0):
+        def report(step, score):
+            on_evaluate(step, score)
+            if step == 4:
+                assert [p.name for p in checkpoint.iterdir()] == ["step-00000003"]
+                raise KeyboardInterrupt
+        return run_once(config, save=save, on_evaluate=report, progress=progress, checkpoint=checkpoint,
+                        pause_at=pause_at)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(run, sweep, progress=False, run_job=ctrl_c_in_a_continuation)
+    study = optuna.load_study(study_name="STS-B-sweep", storage=sweep.storage)
+    assert [t.params for t in study.trials[:9]] != [t.params for t in baseline.trials[:9]]  # another order
+    (interrupted,) = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert interrupted.user_attrs["rung"] == 1 and interrupted.user_attrs["steps"] == 4
+    # queued again, with the other two promotions of the rung still waiting
+    waiting = [t.user_attrs["config"] for t in study.trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 3 and interrupted.user_attrs["config"] in waiting
+    with caplog.at_level(logging.WARNING, logger="finetune.trainer"):
+        study = run_sweep(run, sweep, progress=False)
+    assert f"trial_{interrupted.user_attrs['config']}{os.sep}step-00000003" in caplog.text
+    assert study.best_trial.params == baseline.best_trial.params and study.best_value == baseline.best_value
+    assert study.best_trial.intermediate_values == baseline.best_trial.intermediate_values
+    # the interrupted continuation ran 2 steps past its checkpoint at 3, which are run again
+    assert steps_used(study) == 42 + 1
+
+
+def test_sync_halving_workers_sharing_the_study_wait_at_each_rung(sync_sweep, tiny_model, tmp_path):
+    """Two processes started at once on one study (as in the README: the same command, one --storage): together they
+    train the plan once, and pick the one worker's winner."""
+    *_, baseline = sync_sweep
+    run, sweep = _sync_sweep(tiny_model, tmp_path)
+    args = [sys.executable, str(ROOT / "finetune" / "run_finetune.py"), "STS-B", "--mode", "sweep", "--model",
+            str(tiny_model), "--output-dir", run.output_dir, "--space", sweep.space, "--pruner", "sync-halving",
+            "--n-trials", "9", "--storage", sweep.storage, "--max-train-examples", "64", "--max-steps", "18",
+            "--eval-every", "2", "--save-steps", "3", "--max-seq-length", "64", "--max-eval-examples", "32",
+            "--no-predict-test", "--heartbeat-interval", "2", "--quiet"]
+    # one thread each: two torch processes must not oversubscribe the cores
+    workers = [subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [w.communicate(timeout=300)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], errors
+    study = optuna.load_study(study_name="STS-B-sweep", storage=sweep.storage)
+    assert {t.state for t in study.trials} <= {TrialState.PRUNED, TrialState.COMPLETE}
+    trained = [t for t in study.trials if t.user_attrs["steps"]]  # a promotion queued by both workers runs once
+    assert [len({t.user_attrs["config"] for t in trained if t.user_attrs["rung"] == k}) for k in range(3)] == [9, 3, 1]
+    assert len(trained) == 13 and steps_used(study) == 42
+    assert len({t.user_attrs["worker"] for t in trained}) == 2  # both trained
+    assert study.best_trial.params == baseline.best_trial.params and study.best_value == baseline.best_value
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--eval-every", "0"], "--pruner sync-halving needs --eval-every: its rungs are dev evaluations"),
+    (["--eval-every", "2", "--budget-steps", "17"], "--budget-steps 17 is less than one configuration's run of 18"),
+], ids=["no-evaluations", "budget-below-one-run"])
+def test_a_sync_halving_sweep_that_cannot_be_planned_exits_2_before_writing(tiny_model, tmp_path, capsys, extra,
+                                                                           message):
+    out = tmp_path / "out"
+    assert main(["CB", "--mode", "sweep", "--pruner", "sync-halving", "--model", str(tiny_model), "--output-dir",
+                 str(out), "--max-steps", "18", "--quiet", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # no study whose settings would refuse the corrected command

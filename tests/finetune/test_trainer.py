@@ -63,7 +63,8 @@ class _Interrupt(Exception):
     """Stands for Ctrl-C or a kill between two checkpoints."""
 
 
-def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning_rate=1e-3, precision="fp32"):
+def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning_rate=1e-3, precision="fp32",
+            pause_at=0):
     """A CB run of 12 steps on the tiny model with dropout on (so the resumed run must restore the generators),
     dev every 4 steps, a checkpoint every 3 steps into ``checkpoint``; interrupted at step ``interrupt_at``."""
     task = get_task("CB")
@@ -78,7 +79,7 @@ def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning
     config = TrainConfig(learning_rate=learning_rate, batch_size=8, max_steps=12, eval_every=4,
                          early_stopping_patience=0, max_seq_length=64, precision=precision)
     result = train(task, model, tokenizer, train_rows, {"val": dev}, config, on_evaluate=stop, progress=False,
-                   checkpoint=checkpoint, save_steps=3)
+                   checkpoint=checkpoint, save_steps=3, pause_at=pause_at)
     return result, model
 
 
@@ -99,6 +100,29 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_model, supe
         assert torch.equal(a, b), name
     fresh, _ = _cb_run(tiny_model, superglue_dir, tmp_path / "fresh", precision=precision)
     assert fresh.history == whole.history  # checkpointing itself changes nothing
+
+
+def test_a_run_paused_at_a_step_continues_to_the_uninterrupted_result(tiny_model, superglue_dir, tmp_path):
+    """Synchronous halving's pause: step 5 is neither an evaluation nor a checkpoint step of the run; the pause
+    saves one there, reports the best so far, and a call with a later pause or none continues from it."""
+    whole, whole_model = _cb_run(tiny_model, superglue_dir)
+    paused, _ = _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", pause_at=5)
+    assert paused.paused and paused.steps == 5 and not whole.paused
+    assert (paused.best_step, paused.history) == (4, whole.history[:1])  # the one evaluation before the pause
+    assert paused.score == whole.history[0]["score"]
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["step-00000005"]
+    again, _ = _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", pause_at=5)  # e.g. a retried paused trial
+    assert again.paused and again.steps == 5 and again.history == paused.history
+    later, _ = _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", pause_at=9)
+    assert later.paused and later.steps == 9 and later.history == whole.history[:2]
+    resumed, resumed_model = _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt")
+    assert not resumed.paused and resumed.steps == 12
+    assert resumed.history == whole.history and (resumed.best_step, resumed.dev_metrics) == (whole.best_step,
+                                                                                              whole.dev_metrics)
+    for (name, a), b in zip(whole_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="pause_at=5 needs a checkpoint folder"):
+        _cb_run(tiny_model, superglue_dir, pause_at=5)
 
 
 def test_bf16_autocast_trains_close_to_fp32_and_fp16_needs_a_gpu(tiny_model, superglue_dir):
