@@ -73,10 +73,12 @@ def _horovodrun(horovodrun: str) -> list[str]:
     return [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
 
 
-def _same_model(one: Path, two: Path) -> None:
+def _same_model(one: Path, two: Path, scores_rel: float = 0) -> None:
+    """The same dev history (``scores_rel``: relative tolerance of a continuous score) and weights."""
     a, b = json.loads((one / "dev_metrics.json").read_text()), json.loads((two / "dev_metrics.json").read_text())
     assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]]
-    assert [h["score"] for h in b["history"]] == pytest.approx([h["score"] for h in a["history"]], abs=1e-6)
+    assert [h["score"] for h in b["history"]] == pytest.approx([h["score"] for h in a["history"]], abs=1e-6,
+                                                               rel=scores_rel)
     assert b["best_step"] == a["best_step"]
     w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert w1.keys() == w2.keys()
@@ -141,32 +143,38 @@ def test_torchrun_run_killed_and_started_again_matches_one_process(tiny_model_wi
     assert not checkpoints.exists()
 
 
-def _sweep_twice(launcher: list[str], model: Path, data: Path, tmp_path: Path, learning_rates: str,
+def _sweep_twice(launcher: list[str], model: Path, task: str, data: Path, tmp_path: Path, learning_rates: str,
                  *options: str) -> list[optuna.Study]:
-    """The same SST-2 grid sweep (``learning_rates``, seed 0) in this process with batch 8 (``one/``) and under
+    """The same grid sweep of ``task`` (``learning_rates``, seed 0) in this process with batch 8 (``one/``) and under
     ``launcher`` on 2 ranks of batch 4 (``two/``); returns both studies."""
     space = tmp_path / "space.yaml"
     space.write_text(f"learning_rate: {learning_rates}\nseed: [0]\n")
-    sweep = ["SST-2", "--data-dir", str(data), "--mode", "sweep", "--space", str(space), "--sampler", "grid",
+    sweep = [task, "--data-dir", str(data), "--mode", "sweep", "--space", str(space), "--sampler", "grid",
              "--n-trials", "3", *options]
     assert main([*sweep, *_common(model, tmp_path / "one", 8)]) == 0
     _launch(launcher, [*sweep, *_common(model, tmp_path / "two", 4)])
-    return [optuna.load_study(study_name="SST-2-sweep", storage=f"sqlite:///{tmp_path / n / 'SST-2/sweep/study.db'}")
+    return [optuna.load_study(study_name=f"{task}-sweep", storage=f"sqlite:///{tmp_path / n / task / 'sweep/study.db'}")
             for n in ("one", "two")]
 
 
-def test_horovodrun_sweep_with_a_pruned_trial_matches_one_process(tiny_model_without_dropout, small_sst2, tmp_path,
+def test_horovodrun_sweep_with_a_pruned_trial_matches_one_process(tiny_model_without_dropout, glue_dir, tmp_path,
                                                                   horovodrun):
     """Rank 0 alone talks to the study; a trial the pruner stops mid-run is left by both ranks together."""
-    # the tiny learning rate stays at chance and is pruned at its first evaluation
-    studies = _sweep_twice(_horovodrun(horovodrun), tiny_model_without_dropout, small_sst2, tmp_path,
-                           "[0.003, 0.00000001, 0.002]", "--pruner", "halving", "--max-steps", "24", "--eval-every", "6")
+    # STS-B's correlation does not tie as SST-2's accuracy does at chance, so halving stops a trial (here 1e-3) at
+    # its first rung within 12 steps. SST-2 needed 24 steps at 3e-3 for that, and over 24 steps at that rate the two
+    # summation orders drifted apart on an AMD EPYC CPU: 133 of 999,138 weights beyond the tolerance, by up to
+    # 1.9e-4, as in a plain torchrun run. The correlations of float32 predictions carry their rounding (1e-4
+    # relative). The best trial is the tiny learning rate (the tiny model's correlations after 12 steps are
+    # negative): the runs' tests compare the weights of trained models.
+    studies = _sweep_twice(_horovodrun(horovodrun), tiny_model_without_dropout, "STS-B", glue_dir, tmp_path,
+                           "[0.001, 0.00000001, 0.0005]", "--pruner", "halving", "--max-steps", "12", "--eval-every",
+                           "3")
     one, two = ([(t.params["learning_rate"], t.state, t.value, t.user_attrs["steps"]) for t in s.trials]
                 for s in studies)
     assert TrialState.PRUNED in [t[1] for t in one], one  # the case this test is for
     assert [t[:2] + (t[3],) for t in two] == [t[:2] + (t[3],) for t in one]
-    assert [t[2] for t in two] == pytest.approx([t[2] for t in one], abs=1e-6)
-    _same_model(tmp_path / "one/SST-2/sweep/best", tmp_path / "two/SST-2/sweep/best")
+    assert [t[2] for t in two] == pytest.approx([t[2] for t in one], rel=1e-4)
+    _same_model(tmp_path / "one/STS-B/sweep/best", tmp_path / "two/STS-B/sweep/best", scores_rel=1e-4)
 
 
 def test_torchrun_sync_halving_sweep_pauses_and_continues_on_both_ranks(tiny_model_without_dropout, small_sst2,
@@ -175,7 +183,7 @@ def test_torchrun_sync_halving_sweep_pauses_and_continues_on_both_ranks(tiny_mod
     0's checkpoint) and continue from it, as one process does."""
     # runs of 12 steps: at 24 steps AdamW amplifies the two reduction orders past _same_model's tolerance in a few
     # rarely-updated embeddings, paused or not (a plain run at learning rate 1e-3 drifts by 1.9e-5)
-    studies = _sweep_twice(_torchrun(free_port), tiny_model_without_dropout, small_sst2, tmp_path,
+    studies = _sweep_twice(_torchrun(free_port), tiny_model_without_dropout, "SST-2", small_sst2, tmp_path,
                            "[0.001, 0.00000001, 0.0005]", "--pruner", "sync-halving", "--max-steps", "12",
                            "--eval-every", "2")
     one, two = ([(t.params["learning_rate"], t.state, t.user_attrs["rung"], t.user_attrs["steps"],
