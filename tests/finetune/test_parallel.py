@@ -162,8 +162,9 @@ def test_horovodrun_sweep_with_a_pruned_trial_matches_one_process(tiny_model_wit
     """Rank 0 alone talks to the study; a trial the pruner stops mid-run is left by both ranks together."""
     # STS-B's correlation does not tie as SST-2's accuracy does at chance, so halving stops a trial (here 1e-3) at
     # its first rung within 12 steps. SST-2 needed 24 steps at 3e-3 for that, and over 24 steps at that rate the two
-    # summation orders drifted apart on an AMD EPYC CPU: 133 of 999,138 weights beyond the tolerance, by up to
-    # 1.9e-4, as in a plain torchrun run. The correlations of float32 predictions carry their rounding (1e-4
+    # summation orders drifted apart on an AMD EPYC CPU: the sweep's best model had 133 of 999,138 weights beyond
+    # the tolerance, by up to 1.9e-4, and a plain torchrun run of 24 steps at 3e-3 failed the same check (4 of the
+    # word embeddings' 976,704, by up to 6.1e-5). The correlations of float32 predictions carry their rounding (1e-4
     # relative). The best trial is the tiny learning rate (the tiny model's correlations after 12 steps are
     # negative): the runs' tests compare the weights of trained models.
     studies = _sweep_twice(_horovodrun(horovodrun), tiny_model_without_dropout, "STS-B", glue_dir, tmp_path,
