@@ -12,11 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
+from datetime import timedelta
 
 import torch
 from torch import nn
 
 ENGINES = ("auto", "none", "torchrun", "horovod")
+# How long the other ranks wait for rank 0's next message (see TorchRun.gather_object): rank 0 alone may work for
+# hours between training runs, while its collectives within a run should fail fast
+MESSAGE_TIMEOUT = timedelta(days=7)
 
 
 class DistributedError(RuntimeError):
@@ -48,11 +52,12 @@ class SingleProcess:
         return tensor
 
     def gather_object(self, obj):
-        """Every rank's ``obj``, as a list indexed by rank (on every rank)."""
+        """Every rank's ``obj`` (any picklable object), as a list indexed by rank (on every rank). The engines' ranks
+        may wait here for rank 0 far longer than a training collective may take (up to ``MESSAGE_TIMEOUT``)."""
         return [obj]
 
     def barrier(self) -> None:
-        pass
+        """Wait until every rank is here (as long as :meth:`gather_object` may wait)."""
 
     def shutdown(self) -> None:
         pass
@@ -63,11 +68,19 @@ class SingleProcess:
 
 
 class TorchRun(SingleProcess):
-    """``torch.distributed`` under ``torchrun``: NCCL on GPUs, gloo on CPU; ``DistributedDataParallel``."""
+    """``torch.distributed`` under ``torchrun``: NCCL on GPUs, gloo on CPU; ``DistributedDataParallel``.
+
+    Args:
+        timeout: how long a collective of the training steps (gradients, sums) may wait before it fails; None: torch's
+            default (10 min for NCCL, 30 min for gloo). Messages (:meth:`gather_object`, :meth:`barrier`) go over a
+            separate gloo group that waits up to ``MESSAGE_TIMEOUT``: between runs the other ranks wait there while
+            rank 0 works alone (a sync-halving rung waiting for other workers, test predictions, Agora's new
+            examples, the search's latency measurements), which may take longer than a training collective should.
+    """
 
     name = "torchrun"
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: timedelta | None = None) -> None:
         import torch.distributed as dist
 
         self.dist = dist
@@ -75,8 +88,9 @@ class TorchRun(SingleProcess):
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timeout)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self._messages = dist.new_group(backend="gloo", timeout=MESSAGE_TIMEOUT)
 
     def wrap(self, module: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -96,18 +110,20 @@ class TorchRun(SingleProcess):
 
     def gather_object(self, obj):
         out = [None] * self.world_size
-        self.dist.all_gather_object(out, obj)
+        self.dist.all_gather_object(out, obj, group=self._messages)
         return out
 
     def barrier(self) -> None:
-        self.dist.barrier()
+        self.dist.barrier(group=self._messages)
 
     def shutdown(self) -> None:
         self.dist.destroy_process_group()
 
 
 class Horovod(SingleProcess):
-    """``horovod.torch`` under ``horovodrun``; gradients averaged with one grouped all-reduce per step."""
+    """``horovod.torch`` under ``horovodrun``; gradients averaged with one grouped all-reduce per step. Horovod's
+    collectives have no timeout: a rank waiting more than ``HOROVOD_STALL_CHECK_TIME_SECONDS`` (60 s) for the others
+    logs a stall warning and goes on waiting, unless ``HOROVOD_STALL_SHUTDOWN_TIME_SECONDS`` is set."""
 
     name = "horovod"
 
@@ -161,8 +177,9 @@ def launched_by() -> str:
     return "none"
 
 
-def init_engine(name: str = "auto") -> SingleProcess:
-    """Start the engine ``name`` (one of ENGINES; ``auto``: the launcher's, see :func:`launched_by`).
+def init_engine(name: str = "auto", timeout: timedelta | None = None) -> SingleProcess:
+    """Start the engine ``name`` (one of ENGINES; ``auto``: the launcher's, see :func:`launched_by`); ``timeout``: of
+    ``torchrun``'s training collectives (see :class:`TorchRun`).
 
     Raises:
         DistributedError: an unknown name, Horovod not importable, or ``torchrun`` asked for outside its launcher.
@@ -173,7 +190,7 @@ def init_engine(name: str = "auto") -> SingleProcess:
     if chosen == "torchrun":
         if "MASTER_ADDR" not in os.environ:
             raise DistributedError("--engine torchrun: launch with `torchrun --nproc_per_node N ...`")
-        return TorchRun()
+        return TorchRun(timeout)
     if chosen == "horovod":
         return Horovod()
     return SingleProcess()
