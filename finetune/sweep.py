@@ -255,6 +255,20 @@ def _promotion_order(trial: optuna.trial.FrozenTrial) -> tuple:
     return -trial.user_attrs["rung_score"], json.dumps(trial.params, sort_keys=True)
 
 
+def _warn_if_tied(ranked: list[optuna.trial.FrozenTrial], n: int, rung: int) -> None:
+    """Warn when the last configuration continued past ``rung`` ties with the first one stopped there: the tie-break
+    (their parameters) then chose, not the dev score (e.g. CoLA, where every configuration still predicts the majority
+    class, MCC 0, after 120 steps)."""
+    if len(ranked) <= n or ranked[n - 1].user_attrs["rung_score"] != ranked[n].user_attrs["rung_score"]:
+        return
+    score = ranked[n].user_attrs["rung_score"]
+    tied = sorted(t.user_attrs["config"] for t in ranked if t.user_attrs["rung_score"] == score)
+    chosen = sorted(t.user_attrs["config"] for t in ranked[:n] if t.user_attrs["rung_score"] == score)
+    logger.warning("rung %d: configurations %s all scored %.4g; %s of them continue, chosen by their parameters, not "
+                   "by dev (a later first rung, --halving-min-steps, ranks them on more training)",
+                   rung, tied, score, chosen)
+
+
 def _next_in_plan(study: optuna.Study, plan: dict, folder: Path, poll_seconds: float) -> bool:
     """Synchronous halving's barrier, called before each trial: True when a trial of the plan can start (a new
     configuration for the first rung, or a queued continuation, queued here once a rung is complete), False when the
@@ -276,6 +290,7 @@ def _next_in_plan(study: optuna.Study, plan: dict, folder: Path, poll_seconds: f
             promoted = {t.user_attrs["config"] for t in at[k + 1]}
             todo = [t for t in paused[:counts[k + 1]] if t.user_attrs["config"] not in promoted]
             if todo:
+                _warn_if_tied(paused, counts[k + 1], k)
                 for t in todo:
                     study.enqueue_trial(t.params, user_attrs={"rung": k + 1, "config": t.user_attrs["config"]})
                 for t in paused[counts[k + 1]:]:  # not continued: their checkpoints are no longer needed
