@@ -52,8 +52,9 @@ class SingleProcess:
         return tensor
 
     def gather_object(self, obj):
-        """Every rank's ``obj`` (any picklable object), as a list indexed by rank (on every rank). The engines' ranks
-        may wait here for rank 0 far longer than a training collective may take (up to ``MESSAGE_TIMEOUT``)."""
+        """Every rank's ``obj`` (any picklable object), as a list indexed by rank (on every rank). Ranks may wait here
+        for rank 0 far longer than a training collective may take (torchrun: up to ``MESSAGE_TIMEOUT``; Horovod: no
+        timeout)."""
         return [obj]
 
     def barrier(self) -> None:

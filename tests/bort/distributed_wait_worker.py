@@ -20,6 +20,7 @@ from bort.distributed import init_engine
 
 def main(mode: str, timeout: float, wait: float) -> None:
     eng = init_engine("torchrun", timeout=timedelta(seconds=timeout))
+    gathered = None
     if mode == "message":
         if eng.is_main:
             time.sleep(wait)
@@ -27,9 +28,7 @@ def main(mode: str, timeout: float, wait: float) -> None:
         if eng.is_main:
             time.sleep(wait)
         eng.barrier()
-    else:
-        gathered = None
-    if eng.is_main and mode == "sum":
+    elif eng.is_main:
         time.sleep(wait)
     total = eng.sum(torch.ones(1, dtype=torch.float64))
     print(f"rank {eng.rank}: {gathered} {total.item()}", flush=True)
