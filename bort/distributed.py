@@ -27,6 +27,26 @@ class DistributedError(RuntimeError):
     """An engine that cannot start (e.g. Horovod not installed, or launched without its launcher)."""
 
 
+def check_one_gpu_per_process(launcher: str, local_world_size: int, gpu_count: int) -> None:
+    """Refuse more processes on a node than it has visible CUDA GPUs: NCCL (and Horovod on GPUs) needs a GPU of its
+    own per process, and the process whose local rank has no GPU would otherwise stop on CUDA's bare "invalid device
+    ordinal" (seen with ``torchrun --nproc_per_node 2`` on a one-GPU machine).
+
+    Args:
+        launcher: the launcher's name, for the message (``torchrun`` or ``horovodrun``).
+        local_world_size: processes started on this node.
+        gpu_count: CUDA GPUs this process sees (``torch.cuda.device_count()``).
+
+    Raises:
+        DistributedError: ``local_world_size > gpu_count``, naming both and the two ways out.
+    """
+    if local_world_size > gpu_count:
+        raise DistributedError(
+            f"{launcher} started {local_world_size} processes on this node, which has {gpu_count} visible CUDA "
+            f"GPU(s): on GPUs each process needs its own. Start at most {gpu_count} per node, or hide the GPUs "
+            "(CUDA_VISIBLE_DEVICES=) to train on the CPU with gloo")
+
+
 class SingleProcess:
     """One process, no communication."""
 
@@ -88,6 +108,7 @@ class TorchRun(SingleProcess):
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
+            check_one_gpu_per_process("torchrun", int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count())
             torch.cuda.set_device(self.local_rank)
         dist.init_process_group(backend=backend, timeout=timeout)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -138,6 +159,7 @@ class Horovod(SingleProcess):
         hvd.init()
         self.rank, self.world_size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
         if torch.cuda.is_available():
+            check_one_gpu_per_process("horovodrun", hvd.local_size(), torch.cuda.device_count())
             torch.cuda.set_device(self.local_rank)
 
     def wrap(self, module: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module:
@@ -183,7 +205,8 @@ def init_engine(name: str = "auto", timeout: timedelta | None = None) -> SingleP
     ``torchrun``'s training collectives (see :class:`TorchRun`).
 
     Raises:
-        DistributedError: an unknown name, Horovod not importable, or ``torchrun`` asked for outside its launcher.
+        DistributedError: an unknown name, Horovod not importable, ``torchrun`` asked for outside its launcher, or more
+            processes on a node than it has CUDA GPUs (:func:`check_one_gpu_per_process`).
     """
     if name not in ENGINES:
         raise DistributedError(f"--engine must be one of {ENGINES}, got {name!r}")

@@ -6,9 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from data.resources import data_root
+# The suite runs on the CPU, as CI does, also on a machine with GPUs: its tests compare one process with runs under
+# launchers, which must use one device type, and a one-GPU machine cannot hold two NCCL ranks (checked on an H100).
+# BORT_TEST_GPU=1 keeps the GPUs visible: the GPU-aware tests then take their GPU branch (fp16); the two-process tests
+# then need two GPUs. Set before anything asks CUDA for its devices.
+if os.environ.get("BORT_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import torch  # noqa: E402
+
+from data.resources import data_root  # noqa: E402
 
 # Two cores are shared by everything in CI: one intra-op thread per test process keeps runs predictable.
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bort.distributed import DistributedError, check_one_gpu_per_process
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("distributed_wait_worker.py")
 TIMEOUT, WAIT = 2, 6  # seconds: rank 0 works alone three times as long as a training collective may wait
@@ -33,3 +37,12 @@ def test_a_training_collective_still_fails_after_its_timeout(free_port):
     assert proc.returncode != 0
     assert "rank 1:" not in proc.stdout
     assert f"Timed out waiting {TIMEOUT * 1000}ms" in proc.stderr, proc.stderr[-3000:]  # gloo's, on rank 1
+
+
+def test_more_processes_on_a_node_than_gpus_is_refused_with_the_counts():
+    # on a one-GPU H100 machine, `torchrun --nproc_per_node 2` stopped on CUDA's "invalid device ordinal" in rank 1
+    with pytest.raises(DistributedError, match=r"torchrun started 2 processes on this node, which has 1 visible CUDA "
+                                               r"GPU\(s\).*at most 1 per node.*CUDA_VISIBLE_DEVICES="):
+        check_one_gpu_per_process("torchrun", 2, 1)
+    check_one_gpu_per_process("torchrun", 2, 2)
+    check_one_gpu_per_process("horovodrun", 1, 8)

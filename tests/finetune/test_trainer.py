@@ -131,7 +131,11 @@ def test_bf16_autocast_trains_close_to_fp32_and_fp16_needs_a_gpu(tiny_model, sup
     losses = [(a["loss"], b["loss"]) for a, b in zip(fp32.history, bf16.history)]
     assert len(losses) == 3 and all(a != b and abs(a - b) < 0.05 for a, b in losses)  # bf16 arithmetic, same course
     assert all(p.dtype == torch.float32 for p in bf16_model.parameters())  # the weights stay fp32
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():  # BORT_TEST_GPU=1 on a machine with a GPU: fp16 with loss scaling runs there
+        fp16, fp16_model = _cb_run(tiny_model, superglue_dir, precision="fp16")
+        assert all(abs(a["loss"] - b["loss"]) < 0.05 for a, b in zip(fp32.history, fp16.history))
+        assert all(p.dtype == torch.float32 for p in fp16_model.parameters())
+    else:
         with pytest.raises(ValueError, match="--precision fp16 needs a CUDA GPU"):
             TrainConfig(precision="fp16")  # refused with the settings, before any data or model is loaded
 
