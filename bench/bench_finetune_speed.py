@@ -13,6 +13,9 @@ With the real teacher (all-MiniLM-L6-v2 + a fresh head) on a task's real files, 
 - what makes a run resumable: writing one checkpoint (model, fused AdamW state, best weights; every ``--save-steps``
   steps of a run) as a share of 500 training steps, and the run's fingerprint over the whole training set (once per
   start).
+On a CUDA GPU (``--device cuda``, the default when one is present) the model and batches live there, timings
+synchronize the GPU, the step is also timed in fp16 (autocast with the trainer's ``GradScaler``), and each step variant
+reports its peak GPU memory (``torch.cuda.max_memory_allocated``).
 Prints seconds per step / per pass, their ratios and tokens per second. Nothing else may run meanwhile.
 Usage: ``OMP_NUM_THREADS=2 python bench/bench_finetune_speed.py --task MRPC``.
 """
@@ -51,23 +54,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default: 128)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per optimizer (default: 20)")
     p.add_argument("--repeats", type=int, default=3, help="timed dev passes per variant, best kept (default: 3)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"),
+                   help="where the model runs (default: %(default)s)")
     return p.parse_args(argv)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_steps(task, model, batches, optimizer, precision: str = "fp32") -> tuple[float, float]:
     """Mean seconds of (forward+backward+clip, optimizer step) over ``batches`` after two warm-up steps, the forward
-    under ``precision``'s autocast (the trainer's)."""
+    under ``precision``'s autocast and, for fp16, the loss scaled as the trainer does."""
+    device = next(model.parameters()).device
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     model.train()
     compute = update = 0.0
     for i, batch in enumerate(batches):
+        sync(device)
         t0 = time.perf_counter()
-        with autocast(precision, torch.device("cpu")):
+        with autocast(precision, device):
             logits = _logits(model, batch, task)
-        _loss(task, logits.float(), batch["labels"]).backward()
+        scaler.scale(_loss(task, logits.float(), batch["labels"])).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        sync(device)
         t1 = time.perf_counter()
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        sync(device)
         if i >= 2:
             compute, update = compute + t1 - t0, update + time.perf_counter() - t1
     return compute / (len(batches) - 2), update / (len(batches) - 2)
@@ -77,7 +94,7 @@ def time_steps(task, model, batches, optimizer, precision: str = "fp32") -> tupl
 def file_order_logits(model, task, features, collate, batch_size) -> np.ndarray:
     model.eval()
     loader = DataLoader(features, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    return np.concatenate([_logits(model, b, task).float().numpy() for b in loader])
+    return np.concatenate([_logits(model, b, task).float().cpu().numpy() for b in loader])
 
 
 def two_pass_encode(task, examples, tokenizer, max_length) -> tuple[list[dict], int]:
@@ -92,7 +109,7 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = fn()
+        out = fn()  # device results are copied to numpy inside (synchronizing) or are host work
         times.append(time.perf_counter() - t0)
     return min(times), out
 
@@ -106,13 +123,16 @@ def main(argv=None) -> int:
     run = RunConfig(task=args.task)
     train_examples, dev_sets = load_splits(task, run.data_path)
     tokenizer = load_tokenizer(run.model)
-    model = load_model(task, run.model)
+    device = torch.device(args.device)
+    model = load_model(task, run.model).to(device)
     collate = make_collate(task, tokenizer.pad_token_id)
     features, _ = encode(task, subsample(train_examples, (args.steps + 2) * args.batch_size, 0), tokenizer,
                          args.max_seq_length)
-    batches = [collate(features[i:i + args.batch_size]) for i in range(0, len(features), args.batch_size)]
+    batches = [{k: v.to(device) for k, v in collate(features[i:i + args.batch_size]).items()}
+               for i in range(0, len(features), args.batch_size)]
     tokens = sum(int(b["attention_mask"].sum()) for b in batches[2:])
-    result = {"device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "dtype": "float32", "torch": torch.__version__, "task": args.task, "batch_size": args.batch_size,
               "max_seq_length": args.max_seq_length}
     baseline = torch.optim.AdamW(parameter_groups([model], 0.01), lr=1e-5)
@@ -120,14 +140,23 @@ def main(argv=None) -> int:
     fused = _optimizer(model, TrainConfig())
     variants = [("baseline AdamW", baseline, "fp32"), ("trainer (fused AdamW)", fused, "fp32"),
                 ("trainer, --precision bf16", fused, "bf16")]
+    if device.type == "cuda":
+        variants.append(("trainer, --precision fp16", fused, "fp16"))
     for name, optimizer, precision in 2 * variants:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         compute, update = time_steps(task, model, batches, optimizer, precision)
         result[name] = {"forward_backward_s": round(compute, 4), "optimizer_s": round(update, 4),
                         "step_s": round(compute + update, 4),
                         "train_tokens_per_s": round(tokens / (len(batches) - 2) / (compute + update))}
+        if device.type == "cuda":
+            result[name]["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
     result["step_speedup"] = round(result["baseline AdamW"]["step_s"] / result["trainer (fused AdamW)"]["step_s"], 3)
     result["bf16_step_speedup"] = round(result["trainer (fused AdamW)"]["step_s"] /
                                         result["trainer, --precision bf16"]["step_s"], 3)
+    if device.type == "cuda":
+        result["fp16_step_speedup"] = round(result["trainer (fused AdamW)"]["step_s"] /
+                                            result["trainer, --precision fp16"]["step_s"], 3)
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
     result["cpu_bf16_flags"] = sorted({f for f in flags if f in ("amx_bf16", "avx512_bf16")})
 
@@ -140,7 +169,7 @@ def main(argv=None) -> int:
     np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-4)
 
     def bf16_logits():
-        with autocast("bf16", torch.device("cpu")):
+        with autocast("bf16", device):
             return predict_logits(model, task, dev_features, collate, args.eval_batch_size)
 
     bf16_s, bf16 = best_of(bf16_logits, args.repeats)

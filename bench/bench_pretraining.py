@@ -13,7 +13,9 @@ processes one after the other, and report
   backward) × steps / time, against the machine's peak: a measured large fp32 matmul with the same threads, and the
   nominal peak (cores × clock × FLOPs per cycle from the CPU's vector units) when the clock is known.
 
-Target: ours ≥ 1.5× the baseline's tokens/s on CPU. On a GPU the run also reports bf16 vs fp32 for ours.
+Target: ours ≥ 1.5× the baseline's tokens/s on CPU. On a CUDA GPU both run there, and the run adds ours in bf16 and
+fp16 and the ``Trainer`` in bf16, with peak GPU memory (``torch.cuda.max_memory_allocated``) and the measured peak of
+a large matmul on the GPU in each dtype.
 
     python bench/bench_pretraining.py --steps 12 --threads 2
 """
@@ -49,12 +51,14 @@ class BenchOptions:
     threads: int = field(default=1, metadata={"help": "torch intra-op threads of each trainer process."})
     output: str = field(default="bench/results/pretraining.json", metadata={"help": "JSON results file."})
     worker: str | None = field(default=None, metadata={
-        "help": "Internal: run one trainer ('ours', 'ours_bf16', 'hf') and print its JSON result."})
+        "help": "Internal: run one trainer ('ours', 'ours_bf16', 'ours_fp16', 'hf', 'hf_bf16') and print its JSON "
+                "result."})
 
 
 # --- the baseline ---------------------------------------------------------------------------------------------------
 
-def make_hf_trainer(options: BenchOptions, setup: dict, output_dir: str, timings: list, tokens: list):
+def make_hf_trainer(options: BenchOptions, setup: dict, output_dir: str, timings: list, tokens: list,
+                    bf16: bool = False, use_cpu: bool = not torch.cuda.is_available()):
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from bort.distill import DistillOutputs
@@ -93,7 +97,8 @@ def make_hf_trainer(options: BenchOptions, setup: dict, output_dir: str, timings
         output_dir=output_dir, per_device_train_batch_size=options.micro_batch_size,
         gradient_accumulation_steps=options.batch_size // options.micro_batch_size,
         max_steps=options.steps + options.warmup_steps, learning_rate=5e-4, weight_decay=0.01, warmup_steps=0.1,
-        max_grad_norm=1.0, logging_strategy="no", save_strategy="no", report_to="none", use_cpu=True,
+        max_grad_norm=1.0, logging_strategy="no", save_strategy="no", report_to="none",
+        use_cpu=use_cpu, bf16=bf16,
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, seed=0)
     timings.append(time.perf_counter())
     return DistillationTrainer(model=student, args=args, train_dataset=setup["train"],
@@ -112,7 +117,9 @@ def baseline_setup(options: BenchOptions) -> dict:
     from data.resources import default_corpus, default_teacher
 
     config = PretrainingConfig(teacher=options.teacher or default_teacher(), init="random")
-    teacher = load_teacher(config.teacher, attn_implementation=ATTENTION)
+    # on a GPU the Trainer moves the student there; the teacher goes with it (fp32: the baseline as usually written)
+    teacher = load_teacher(config.teacher, attn_implementation=ATTENTION).to(
+        "cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)
     arch = default_architecture(teacher.config)
     student = build_student(arch, teacher.config, mlm_head=True, seed=0, attn_implementation=ATTENTION)
@@ -145,11 +152,11 @@ def run_ours(options: BenchOptions, precision: str) -> dict:
     return {"tokens_per_second": statistics.harmonic_mean(rates)}
 
 
-def run_hf(options: BenchOptions) -> dict:
+def run_hf(options: BenchOptions, bf16: bool = False) -> dict:
     setup = baseline_setup(options)
     timings, tokens = [], []
     with tempfile.TemporaryDirectory() as out:
-        trainer = make_hf_trainer(options, setup, out, timings, tokens)
+        trainer = make_hf_trainer(options, setup, out, timings, tokens, bf16=bf16)
         trainer.train()
     per_step = len(tokens) // (options.steps + options.warmup_steps)
     timed_tokens = sum(tokens[options.warmup_steps * per_step:])
@@ -164,6 +171,7 @@ def flops_per_token(options: BenchOptions) -> dict:
     from bort.training import DistillationObjective, accumulate_gradients
 
     setup = baseline_setup(options)
+    setup["teacher"].cpu()  # counted on the CPU: the count does not depend on the device
     batch = setup["collator"]([setup["train"][i] for i in range(options.micro_batch_size)])
     real = float(batch["attention_mask"].sum())
     out = {}
@@ -172,11 +180,30 @@ def flops_per_token(options: BenchOptions) -> dict:
     out["ours"] = counter.get_total_flops() / real
     setup["student"].zero_grad(set_to_none=True)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_hf_trainer(options, setup, tmp, [], [])
+        trainer = make_hf_trainer(options, setup, tmp, [], [], use_cpu=True)
         with FlopCounterMode(display=False) as counter:
             trainer.compute_loss(setup["student"], batch).backward()
     out["hf"] = counter.get_total_flops() / real
     out["architecture"] = setup["arch"].to_dict()
+    return out
+
+
+def gpu_peak() -> dict:
+    """Measured matmul FLOP/s on the CUDA GPU, per dtype: 8192³ products, median of 10 after 3 warm-ups, timed with
+    CUDA events (fp32 without TF32, torch's default)."""
+    n, out = 8192, {"device": torch.cuda.get_device_name()}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+        times = []
+        for i in range(13):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            torch.cuda.synchronize()
+            if i >= 3:
+                times.append(start.elapsed_time(end) / 1e3)
+        out[f"matmul_flops_per_second_{name}"] = 2 * n**3 / statistics.median(times)
     return out
 
 
@@ -204,13 +231,15 @@ def machine_peak(threads: int) -> dict:
 
 def worker(options: BenchOptions) -> None:
     torch.set_num_threads(options.threads)
-    if options.worker == "hf":
-        result = run_hf(options)
+    if options.worker in ("hf", "hf_bf16"):
+        result = run_hf(options, bf16=options.worker == "hf_bf16")
     elif options.worker == "flops":
         result = flops_per_token(options)
     else:
-        result = run_ours(options, "bf16" if options.worker == "ours_bf16" else "fp32")
+        result = run_ours(options, options.worker.partition("_")[2] or "fp32")
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result))
 
 
@@ -233,30 +262,43 @@ def main() -> None:
     if options.worker:
         worker(options)
         return
-    runs = ["ours", "hf"] + (["ours_bf16"] if torch.cuda.is_available() else [])
+    gpu = torch.cuda.is_available()
+    runs = ["ours", "hf"] + (["ours_bf16", "hf_bf16", "ours_fp16"] if gpu else [])
     results = {name: spawn(options, name) for name in runs}
     flops = spawn(options, "flops")
     peak = machine_peak(options.threads)
+    if gpu:
+        peak.update(gpu_peak())
     for name in runs:
-        per_token = flops["hf" if name == "hf" else "ours"]
+        per_token = flops["hf" if name.startswith("hf") else "ours"]
         results[name]["flops_per_token"] = per_token
         results[name]["achieved_flops_per_second"] = per_token * results[name]["tokens_per_second"]
+        # the share of the measured matmul peak of the run's own arithmetic (the GPU's in that dtype when there is one)
+        dtype = name.partition("_")[2] or "fp32"
+        results[name]["peak_flops_per_second"] = (peak[f"matmul_flops_per_second_{dtype}"] if gpu
+                                                  else peak["matmul_flops_per_second"])
     summary = {"settings": {k: v for k, v in asdict(options).items() if k != "worker"},
                "architecture": flops["architecture"], "machine_peak": peak, "results": results,
                "speedup_tokens_per_second": results["ours"]["tokens_per_second"] / results["hf"]["tokens_per_second"]}
     Path(options.output).parent.mkdir(parents=True, exist_ok=True)
     Path(options.output).write_text(json.dumps(summary, indent=2))
     print(f"architecture {flops['architecture']}, batch {options.batch_size} × {options.max_seq_length} tokens, "
-          f"{options.threads} thread(s)")
+          f"{options.threads} thread(s)" + (f", GPU {peak['device']}" if gpu else ""))
     for name in runs:
         r = results[name]
         print(f"{name:10s} {r['tokens_per_second']:9.0f} tokens/s  peak RSS {r['peak_rss_mib']:7.0f} MiB  "
-              f"{r['achieved_flops_per_second'] / 1e9:7.2f} GFLOP/s "
-              f"({r['achieved_flops_per_second'] / peak['matmul_flops_per_second']:.1%} of measured matmul peak"
+              + (f"peak GPU {r['peak_gpu_mib']:7.0f} MiB  " if gpu else "")
+              + f"{r['achieved_flops_per_second'] / 1e9:7.2f} GFLOP/s "
+              f"({r['achieved_flops_per_second'] / r['peak_flops_per_second']:.1%} of measured matmul peak"
               + (f", {r['achieved_flops_per_second'] / peak['nominal_flops_per_second']:.1%} of nominal"
-                 if peak["nominal_flops_per_second"] else "") + ")")
+                 if peak["nominal_flops_per_second"] and not gpu else "") + ")")
     print(f"ours / Trainer tokens/s: {summary['speedup_tokens_per_second']:.2f}x (target >= 1.5x on CPU); "
           f"FLOPs per token ours {flops['ours'] / 1e6:.1f} M vs Trainer {flops['hf'] / 1e6:.1f} M")
+    if gpu:
+        summary["speedup_tokens_per_second_bf16"] = (results["ours_bf16"]["tokens_per_second"]
+                                                     / results["hf_bf16"]["tokens_per_second"])
+        Path(options.output).write_text(json.dumps(summary, indent=2))
+        print(f"ours / Trainer tokens/s in bf16: {summary['speedup_tokens_per_second_bf16']:.2f}x")
 
 
 if __name__ == "__main__":
