@@ -109,6 +109,8 @@ def run_search(config: SearchConfig) -> dict | None:
     Raises:
         SearchError, SpaceError, TeacherError, ArchitectureError, DataError, StorageError: on bad input, before
         anything is written.
+        DistributedError: the engine cannot start (see :func:`bort.distributed.init_engine`), before anything is
+            written.
     """
     setup = setup_search(config)
     with engine(config.engine) as eng:

@@ -98,10 +98,11 @@ def bad_input_cases(tmp: Path, teacher: Path):
         (["--epsilon", "0"], "--epsilon must be between 1"),
         (["--output-dir", str(tmp / "a_file")], "is not a folder"),
         (["--output-dir", str(tmp / "a_file" / "below")], "is not writable"),
+        (["--engine", "torchrun"], "--engine torchrun: launch with `torchrun --nproc_per_node N ...`"),
     ]
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(12))
 def test_bad_input_gives_one_line_exit_2_and_writes_nothing(case, tmp_path, cache_dir, teacher_path, capsys):
     args, culprit = bad_input_cases(tmp_path, teacher_path)[case]
     out = tmp_path / "out"
