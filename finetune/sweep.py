@@ -251,21 +251,23 @@ def _config_of(trial: optuna.trial.FrozenTrial) -> int:
 
 
 def _promotion_order(trial: optuna.trial.FrozenTrial) -> tuple:
-    # best score first; ties broken by the configuration, not by the order the sampler proposed it in
-    return -trial.user_attrs["rung_score"], json.dumps(trial.params, sort_keys=True)
+    # best score first; ties broken by the lowest dev loss (which moves while the score cannot, e.g. all predictions
+    # still the majority class), then by the configuration, never by the order the sampler proposed it in
+    return (-trial.user_attrs["rung_score"], trial.user_attrs.get("rung_loss", math.inf),
+            json.dumps(trial.params, sort_keys=True))
 
 
 def _warn_if_tied(ranked: list[optuna.trial.FrozenTrial], n: int, rung: int) -> None:
     """Warn when the last configuration continued past ``rung`` ties with the first one stopped there: the tie-break
-    (their parameters) then chose, not the dev score (e.g. CoLA, where every configuration still predicts the majority
-    class, MCC 0, after 120 steps)."""
+    (their dev loss, then their parameters) then chose, not the dev score (e.g. CoLA, where every configuration still
+    predicts the majority class, MCC 0, after 120 steps)."""
     if len(ranked) <= n or ranked[n - 1].user_attrs["rung_score"] != ranked[n].user_attrs["rung_score"]:
         return
     score = ranked[n].user_attrs["rung_score"]
     tied = sorted(t.user_attrs["config"] for t in ranked if t.user_attrs["rung_score"] == score)
     chosen = sorted(t.user_attrs["config"] for t in ranked[:n] if t.user_attrs["rung_score"] == score)
-    logger.warning("rung %d: configurations %s all scored %.4g; %s of them continue, chosen by their parameters, not "
-                   "by dev (a later first rung, --halving-min-steps, ranks them on more training)",
+    logger.warning("rung %d: configurations %s all scored %.4g; %s of them continue, chosen by their dev loss, not "
+                   "their score (a later first rung, --halving-min-steps, ranks them on more training)",
                    rung, tied, score, chosen)
 
 
@@ -434,6 +436,8 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
         if result.paused:  # sync-halving: kept, with its checkpoint, until the rung is complete
             trial.set_user_attr("steps", result.steps)
             trial.set_user_attr("rung_score", result.score)  # the best dev score so far, as its model would be
+            if math.isfinite(result.best_dev_loss):  # the tie-break between equal scores
+                trial.set_user_attr("rung_loss", result.best_dev_loss)
             raise optuna.TrialPruned(f"paused at step {result.steps}, rung {rung}")
         shutil.rmtree(checkpoint, ignore_errors=True)
         trial.set_user_attr("dev_metrics", result.dev_metrics)

@@ -325,6 +325,14 @@ class RunResult:
         """The first dev split's task score (mean of the task's metrics)."""
         return next(iter(self.dev_metrics.values()))["score"]
 
+    @property
+    def best_dev_loss(self) -> float:
+        """The lowest mean training loss on the first dev split over the evaluations so far (cross-entropy; mean
+        squared error for regression); inf when none recorded one. Unlike the task score it moves before the
+        predictions change, e.g. while every prediction is still the majority class."""
+        return min((h["dev_loss"] for h in self.history if math.isfinite(h.get("dev_loss", math.inf))),
+                   default=math.inf)
+
 
 def default_device() -> torch.device:
     """The GPU of this process (``LOCAL_RANK`` under torchrun) when CUDA is available, else the CPU."""
@@ -475,11 +483,12 @@ def train(
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == total:
                 with mixed():
-                    metrics = _evaluate(model, task, dev_sets, dev_features, collate, config.batch_size * 2)
+                    metrics, dev_loss = _evaluate(model, task, dev_sets, dev_features, collate,
+                                                  config.batch_size * 2)
                 score = next(iter(metrics.values()))["score"]
                 if engine.world_size > 1:  # rank 0's score decides, so every rank keeps the same checkpoint
-                    score = engine.gather_object(score)[0]
-                history.append({"step": step, "loss": float(loss.item()), "score": score})
+                    score, dev_loss = engine.gather_object((score, dev_loss))[0]
+                history.append({"step": step, "loss": float(loss.item()), "score": score, "dev_loss": dev_loss})
                 module.train()
                 if score > best_score:
                     best_score, best_metrics, best_step, bad_evals = score, metrics, step, 0
@@ -544,12 +553,18 @@ def _resumable_state(folder: Path, fingerprint: str) -> dict | None:
     return state
 
 
-def _evaluate(model, task: Task, dev_sets, dev_features, collate, batch_size: int) -> dict[str, dict[str, float]]:
-    out = {}
+def _evaluate(model, task: Task, dev_sets, dev_features, collate,
+              batch_size: int) -> tuple[dict[str, dict[str, float]], float]:
+    """Metrics of every dev split, and the mean training loss (:func:`_loss`) on the first (nan without labels)."""
+    out, dev_loss = {}, math.nan
     for name, dev in dev_sets.items():
         logits = predict_logits(model, task, dev_features[name], collate, batch_size, desc=f"eval {name}")
         out[name] = compute_metrics(task, to_predictions(task, logits), dev)
-    return out
+        if len(out) == 1:
+            labels = collate(dev_features[name]).get("labels")
+            if labels is not None:
+                dev_loss = float(_loss(task, torch.from_numpy(logits), labels))
+    return out, dev_loss
 
 
 def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],

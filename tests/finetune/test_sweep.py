@@ -277,28 +277,33 @@ def test_halving_plan_fits_the_budget_with_the_most_configurations():
         halving_plan(0, 18, 9)
 
 
-@pytest.mark.parametrize("scores, warned", [([0.0, 0.0, 0.0, 0.0], True), ([0.0, 0.3, 0.3, 0.5], True),
-                                             ([0.0, 0.0, 0.3, 0.5], False)])
-def test_a_tie_across_the_cut_of_a_rung_is_named_in_a_warning(tmp_path, caplog, scores, warned):
+@pytest.mark.parametrize("scores, losses, continued, warned", [
+    ([0.0, 0.0, 0.0, 0.0], [0.7, 0.5, 0.9, 0.6], [1, 3], True),  # all tied: the two lowest dev losses continue
+    ([0.0, 0.3, 0.3, 0.5], [0.5, 0.9, 0.8, 0.9], [2, 3], True),  # a tie at the cut: the lower loss of the two
+    ([0.0, 0.0, 0.3, 0.5], [0.1, 0.2, 0.9, 0.9], [2, 3], False),  # the score decides, whatever the losses
+    ([0.0, 0.0, 0.0, 0.0], [None, None, None, None], [2, 3], True),  # no loss recorded: the parameters decide
+])
+def test_a_tie_across_the_cut_of_a_rung_is_broken_by_dev_loss_and_named_in_a_warning(tmp_path, caplog, scores, losses,
+                                                                                       continued, warned):
     # CoLA after 120 steps: every configuration predicts the majority class (MCC 0), so the tie-break decides
     from finetune.sweep import _next_in_plan
 
     study = optuna.create_study(direction="maximize")
     distribution = optuna.distributions.CategoricalDistribution([1e-4, 2e-4, 3e-4, 4e-4])
-    for config, (lr, score) in enumerate(zip([4e-4, 3e-4, 2e-4, 1e-4], scores)):
+    for config, (lr, score, loss) in enumerate(zip([4e-4, 3e-4, 2e-4, 1e-4], scores, losses)):
+        attrs = {"rung": 0, "config": config, "rung_score": score, "steps": 2}
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.PRUNED, params={"learning_rate": lr}, distributions={"learning_rate": distribution},
-            user_attrs={"rung": 0, "config": config, "rung_score": score, "steps": 2}))
+            user_attrs=attrs if loss is None else {**attrs, "rung_loss": loss}))
     plan = {"rungs": [2, 6], "counts": [4, 2], "steps": 16}
     with caplog.at_level(logging.WARNING, logger="finetune.sweep"):
         assert _next_in_plan(study, plan, tmp_path, poll_seconds=0)
-    continued = sorted(t.user_attrs["config"] for t in study.get_trials(states=(TrialState.WAITING,)))
-    assert len(continued) == 2 and all(scores[k] >= sorted(scores)[-2] for k in continued)
+    assert sorted(t.user_attrs["config"] for t in study.get_trials(states=(TrialState.WAITING,))) == continued
     cut = sorted(scores)[-2]  # the score of the second configuration continued
     tied = [k for k in range(4) if scores[k] == cut]
     if warned:
         assert f"rung 0: configurations {tied} all scored {cut:.4g}; {[k for k in continued if k in tied]} of them " \
-               f"continue" in caplog.text
+               f"continue, chosen by their dev loss" in caplog.text
     else:
         assert "all scored" not in caplog.text
 

@@ -140,6 +140,23 @@ def test_bf16_autocast_trains_close_to_fp32_and_fp16_needs_a_gpu(tiny_model, sup
             TrainConfig(precision="fp16")  # refused with the settings, before any data or model is loaded
 
 
+def test_each_evaluation_records_the_dev_loss_of_the_model_it_scored(tiny_model, superglue_dir):
+    # the sweep's tie-break between equal rung scores (finetune.sweep._promotion_order)
+    from scipy.special import softmax
+    from sklearn.metrics import log_loss
+
+    result, model = _cb_run(tiny_model, superglue_dir)
+    losses = [h["dev_loss"] for h in result.history]
+    assert len(losses) == 3 and len(set(losses)) == 3 and result.best_dev_loss == min(losses)
+    task, tokenizer = get_task("CB"), load_tokenizer(str(tiny_model))
+    dev = task.read(superglue_dir, "val")[:24]
+    features, _ = encode(task, dev, tokenizer, 64)
+    logits = predict_logits(model, task, features, make_collate(task, tokenizer.pad_token_id), 16)  # at best_step
+    labels = [f["labels"] for f in features]
+    at_best = next(h["dev_loss"] for h in result.history if h["step"] == result.best_step)
+    assert at_best == pytest.approx(log_loss(labels, softmax(logits, axis=-1), labels=[0, 1, 2]), rel=1e-5)
+
+
 def test_a_checkpoint_of_another_run_is_refused(tiny_model, superglue_dir, tmp_path):
     with pytest.raises(_Interrupt):
         _cb_run(tiny_model, superglue_dir, tmp_path / "ckpt", interrupt_at=4)
