@@ -419,7 +419,8 @@ def train(
         dev_features[name], t = encode(task, dev, tokenizer, max_length)
         truncated += t
     if truncated:
-        logger.warning("%s: %d sequences longer than %d tokens were truncated", task.name, truncated, max_length)
+        logger.warning("%s: %d training and dev sequences longer than %d tokens were truncated", task.name, truncated,
+                       max_length)
 
     collate = make_collate(task, tokenizer.pad_token_id or 0)
     # one seeded permutation per epoch, each rank taking every world_size-th example of it: N processes of batch b
@@ -571,9 +572,11 @@ def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Ta
             max_seq_length: int = 128, batch_size: int = 32) -> np.ndarray:
     """Predictions (class/choice indices, or scores for regression) for ``examples`` in order."""
     model.to(default_device())
-    features, truncated = encode(task, examples, tokenizer, effective_max_length(model, max_seq_length))
+    max_length = effective_max_length(model, max_seq_length)
+    features, truncated = encode(task, examples, tokenizer, max_length)
     if truncated:
-        logger.warning("%s: %d sequences were truncated", task.name, truncated)
+        logger.warning("%s: %d of %d sequences to predict were longer than %d tokens and were truncated", task.name,
+                       truncated, len(examples), max_length)
     logits = predict_logits(model, task, features, make_collate(task, tokenizer.pad_token_id or 0), batch_size)
     return to_predictions(task, logits)
 

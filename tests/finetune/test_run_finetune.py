@@ -18,7 +18,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, ByT5Toke
 from bort.checkpoints import list_checkpoints
 from finetune.run_finetune import main
 from finetune.tasks import get_task
-from finetune.trainer import TrainConfig, _loss, encode, load_model, load_tokenizer, set_seed, train
+from finetune.trainer import TrainConfig, _loss, encode, load_model, load_tokenizer, predict, set_seed, train
 
 TINY = ["--max-train-examples", "48", "--max-steps", "6", "--eval-every", "3", "--max-seq-length", "64",
         "--learning-rate", "1e-3", "--batch-size", "8", "--quiet"]
@@ -149,7 +149,14 @@ def test_long_sequences_are_truncated_with_a_count(tiny_model, superglue_dir, ca
     with caplog.at_level(logging.WARNING):
         train(task, model, tokenizer, examples[:8], {"val": examples[:8]},
               TrainConfig(max_steps=1, max_seq_length=512, batch_size=8), progress=False)
-    assert "exceeds the model's 128 positions" in caplog.text and "were truncated" in caplog.text
+    over = sum(n > 128 for n in lengths[:8])
+    assert over > 0 and "exceeds the model's 128 positions" in caplog.text
+    assert f"CB: {2 * over} training and dev sequences longer than 128 tokens were truncated" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        predict(model, tokenizer, task, examples, max_seq_length=64)
+    assert f"CB: {truncated} of {len(examples)} sequences to predict were longer than 64 tokens and were truncated" \
+        in caplog.text
 
 
 def test_a_python_tokenizer_counts_truncated_sequences_too(superglue_dir):
