@@ -266,9 +266,9 @@ def _warn_if_tied(ranked: list[optuna.trial.FrozenTrial], n: int, rung: int) -> 
     score = ranked[n].user_attrs["rung_score"]
     tied = sorted(t.user_attrs["config"] for t in ranked if t.user_attrs["rung_score"] == score)
     chosen = sorted(t.user_attrs["config"] for t in ranked[:n] if t.user_attrs["rung_score"] == score)
-    logger.warning("rung %d: configurations %s all scored %.4g; %s of them continue, chosen by their dev loss, not "
-                   "their score (a later first rung, --halving-min-steps, ranks them on more training)",
-                   rung, tied, score, chosen)
+    logger.warning("rung %d: configurations %s all scored %.4g; %s of them continue, chosen by their dev loss (by "
+                   "their parameters where none was recorded), not their score (a later first rung, "
+                   "--halving-min-steps, ranks them on more training)", rung, tied, score, chosen)
 
 
 def _next_in_plan(study: optuna.Study, plan: dict, folder: Path, poll_seconds: float) -> bool:
