@@ -199,6 +199,18 @@ def encode(task: Task, examples: Sequence[Example], tokenizer: PreTrainedTokeniz
     return features, truncated
 
 
+def collate_labels(task: Task, features: list[dict], n_choices: int = 0) -> torch.Tensor:
+    """The ``labels`` tensor of labelled ``features`` as a batch of them carries it: ``[batch]`` class or choice
+    indices (int64) or scores (float32, regression); for ReCoRD a ``[batch, n_choices]`` bool matrix of correct
+    candidates (``n_choices`` 0: the most candidates of any feature)."""
+    if task.kind == "record":
+        gold = torch.zeros(len(features), n_choices or max(len(f["input_ids"]) for f in features), dtype=torch.bool)
+        for i, f in enumerate(features):
+            gold[i, list(f["labels"])] = True
+        return gold
+    return torch.tensor([f["labels"] for f in features], dtype=torch.float if task.kind == "regression" else torch.long)
+
+
 def make_collate(task: Task, pad_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
     """Pad a batch. Choice tasks give ``[batch, choices, length]`` tensors and a ``choice_mask [batch, choices]``;
     ReCoRD labels become a ``[batch, choices]`` 0/1 matrix of correct candidates."""
@@ -222,21 +234,14 @@ def make_collate(task: Task, pad_id: int) -> Callable[[list[dict]], dict[str, to
             out["choice_mask"] = torch.tensor([[1] * len(f["input_ids"]) + [0] * (n_choices - len(f["input_ids"]))
                                                for f in batch], dtype=torch.bool)
             if "labels" in batch[0]:
-                if task.kind == "record":
-                    gold = torch.zeros(len(batch), n_choices, dtype=torch.bool)
-                    for i, f in enumerate(batch):
-                        gold[i, list(f["labels"])] = True
-                    out["labels"] = gold
-                else:
-                    out["labels"] = torch.tensor([f["labels"] for f in batch], dtype=torch.long)
+                out["labels"] = collate_labels(task, batch, n_choices)
             return out
         length = max(len(f["input_ids"]) for f in batch)
         for k in keys:
             out[k] = torch.tensor(pad([f[k] for f in batch], pad_id if k == "input_ids" else 0, length))
         out["attention_mask"] = torch.tensor(pad([[1] * len(f["input_ids"]) for f in batch], 0, length))
         if "labels" in batch[0]:
-            dtype = torch.float if task.kind == "regression" else torch.long
-            out["labels"] = torch.tensor([f["labels"] for f in batch], dtype=dtype)
+            out["labels"] = collate_labels(task, batch)
         return out
 
     return collate
@@ -423,6 +428,8 @@ def train(
                        max_length)
 
     collate = make_collate(task, tokenizer.pad_token_id or 0)
+    first_dev = next(iter(dev_features.values()), [])
+    dev_labels = collate_labels(task, first_dev) if first_dev and "labels" in first_dev[0] else None  # dev loss
     # one seeded permutation per epoch, each rank taking every world_size-th example of it: N processes of batch b
     # see the same global batches as one process of batch N*b
     sampler = DistributedSampler(features, num_replicas=engine.world_size, rank=engine.rank, shuffle=True,
@@ -484,7 +491,7 @@ def train(
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == total:
                 with mixed():
-                    metrics, dev_loss = _evaluate(model, task, dev_sets, dev_features, collate,
+                    metrics, dev_loss = _evaluate(model, task, dev_sets, dev_features, dev_labels, collate,
                                                   config.batch_size * 2)
                 score = next(iter(metrics.values()))["score"]
                 if engine.world_size > 1:  # rank 0's score decides, so every rank keeps the same checkpoint
@@ -554,17 +561,16 @@ def _resumable_state(folder: Path, fingerprint: str) -> dict | None:
     return state
 
 
-def _evaluate(model, task: Task, dev_sets, dev_features, collate,
+def _evaluate(model, task: Task, dev_sets, dev_features, dev_labels: torch.Tensor | None, collate,
               batch_size: int) -> tuple[dict[str, dict[str, float]], float]:
-    """Metrics of every dev split, and the mean training loss (:func:`_loss`) on the first (nan without labels)."""
+    """Metrics of every dev split, and the mean training loss (:func:`_loss`) on the first, whose labels are
+    ``dev_labels`` (:func:`collate_labels`; None: no loss, nan)."""
     out, dev_loss = {}, math.nan
     for name, dev in dev_sets.items():
         logits = predict_logits(model, task, dev_features[name], collate, batch_size, desc=f"eval {name}")
         out[name] = compute_metrics(task, to_predictions(task, logits), dev)
-        if len(out) == 1:
-            labels = collate(dev_features[name]).get("labels")
-            if labels is not None:
-                dev_loss = float(_loss(task, torch.from_numpy(logits), labels))
+        if len(out) == 1 and dev_labels is not None:
+            dev_loss = float(_loss(task, torch.from_numpy(logits), dev_labels))
     return out, dev_loss
 
 
