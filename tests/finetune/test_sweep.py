@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from finetune.run_finetune import main
@@ -414,8 +415,10 @@ def test_sync_halving_workers_sharing_the_study_wait_at_each_rung(sync_sweep, ti
             "--n-trials", "9", "--storage", sweep.storage, "--max-train-examples", "64", "--max-steps", "18",
             "--eval-every", "2", "--save-steps", "3", "--max-seq-length", "64", "--max-eval-examples", "32",
             "--no-predict-test", "--heartbeat-interval", "2", "--quiet"]
-    # one thread each: two torch processes must not oversubscribe the cores
-    workers = [subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+    # the baseline's threads (one under run_tests.sh, so two processes do not oversubscribe the cores): another count
+    # sums in another order, and the winner's score would differ in its last digits (seen with OMP_NUM_THREADS=2)
+    threads = str(torch.get_num_threads())
+    workers = [subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": threads}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errors = [w.communicate(timeout=300)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors
