@@ -105,8 +105,8 @@ def make_hf_trainer(options: BenchOptions, setup: dict, output_dir: str, timings
                                data_collator=setup["collator"], callbacks=[Clock()])
 
 
-def baseline_setup(options: BenchOptions) -> dict:
-    """Teacher, student (random, MLM head), loss and data exactly as our trainer builds them."""
+def baseline_setup(options: BenchOptions, device: str = "cuda" if torch.cuda.is_available() else "cpu") -> dict:
+    """Teacher (on ``device``), student (random, MLM head), loss and data exactly as our trainer builds them."""
     from transformers import AutoTokenizer
 
     from bort.modeling import build_student, load_teacher
@@ -118,8 +118,7 @@ def baseline_setup(options: BenchOptions) -> dict:
 
     config = PretrainingConfig(teacher=options.teacher or default_teacher(), init="random")
     # on a GPU the Trainer moves the student there; the teacher goes with it (fp32: the baseline as usually written)
-    teacher = load_teacher(config.teacher, attn_implementation=ATTENTION).to(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    teacher = load_teacher(config.teacher, attn_implementation=ATTENTION).to(device)
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)
     arch = default_architecture(teacher.config)
     student = build_student(arch, teacher.config, mlm_head=True, seed=0, attn_implementation=ATTENTION)
@@ -170,8 +169,7 @@ def flops_per_token(options: BenchOptions) -> dict:
 
     from bort.training import DistillationObjective, accumulate_gradients
 
-    setup = baseline_setup(options)
-    setup["teacher"].cpu()  # counted on the CPU: the count does not depend on the device
+    setup = baseline_setup(options, device="cpu")  # counted on the CPU: the count does not depend on the device
     batch = setup["collator"]([setup["train"][i] for i in range(options.micro_batch_size)])
     real = float(batch["attention_mask"].sum())
     out = {}
@@ -280,6 +278,9 @@ def main() -> None:
     summary = {"settings": {k: v for k, v in asdict(options).items() if k != "worker"},
                "architecture": flops["architecture"], "machine_peak": peak, "results": results,
                "speedup_tokens_per_second": results["ours"]["tokens_per_second"] / results["hf"]["tokens_per_second"]}
+    if gpu:
+        summary["speedup_tokens_per_second_bf16"] = (results["ours_bf16"]["tokens_per_second"]
+                                                     / results["hf_bf16"]["tokens_per_second"])
     Path(options.output).parent.mkdir(parents=True, exist_ok=True)
     Path(options.output).write_text(json.dumps(summary, indent=2))
     print(f"architecture {flops['architecture']}, batch {options.batch_size} × {options.max_seq_length} tokens, "
@@ -295,9 +296,6 @@ def main() -> None:
     print(f"ours / Trainer tokens/s: {summary['speedup_tokens_per_second']:.2f}x (target >= 1.5x on CPU); "
           f"FLOPs per token ours {flops['ours'] / 1e6:.1f} M vs Trainer {flops['hf'] / 1e6:.1f} M")
     if gpu:
-        summary["speedup_tokens_per_second_bf16"] = (results["ours_bf16"]["tokens_per_second"]
-                                                     / results["hf_bf16"]["tokens_per_second"])
-        Path(options.output).write_text(json.dumps(summary, indent=2))
         print(f"ours / Trainer tokens/s in bf16: {summary['speedup_tokens_per_second_bf16']:.2f}x")
 
 
