@@ -246,12 +246,17 @@ def test_concurrent_claims_never_take_one_trial_twice(backend, tmp_path, request
     for arch in archs:
         create_waiting(study, {**arch.to_dict(), "theta": 0}, distributions(archs, 1))
     claimed: list[list[int]] = [[] for _ in range(4)]
+    # all four start claiming at once, and yield between claims: in one CI run a single worker claimed all 24, and
+    # the race this test is for never happened
+    start = threading.Barrier(4, timeout=WAIT_S)
 
     def worker(k):  # each thread has its own storage and connections, as a separate process would
         storage = open_storage(url, heartbeat_interval=1, grace_period=60, max_retry=0)
         mine = optuna.load_study(study_name="fptas", storage=storage)
+        start.wait()
         while (trial := claim(storage, mine.get_trials(deepcopy=False))) is not None:
             claimed[k].append(trial.number)
+            time.sleep(0.01)  # the work between two claims, short as it is the others' turn to claim
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for thread in threads:
