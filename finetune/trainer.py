@@ -285,16 +285,17 @@ def to_predictions(task: Task, logits: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, task: Task, features: list[dict], collate, batch_size: int,
-                   desc: str = "predict") -> np.ndarray:
+                   desc: str = "predict", progress: bool = True) -> np.ndarray:
     """Logits for all features in order (choice tasks padded to the largest number of choices with -inf).
 
     Batches are formed from features sorted by length, so each pads to a similar length (1.54x faster on MRPC's dev
-    set, 2 CPU threads: bench/bench_finetune_speed.py); the rows are returned in the order of ``features``."""
+    set, 2 CPU threads: bench/bench_finetune_speed.py); the rows are returned in the order of ``features``. A
+    progress bar (``desc``) is shown for 20 batches or more unless ``progress`` is False."""
     model.eval()
     chunks = []
     order = np.argsort([_length(f) for f in features], kind="stable")
     loader = DataLoader([features[i] for i in order], batch_size=batch_size, shuffle=False, collate_fn=collate)
-    for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 20):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress or len(loader) < 20):
         chunks.append(_logits(model, batch, task).float().cpu().numpy())
     if task.kind in ("multiple_choice", "record"):
         width = max(c.shape[1] for c in chunks)
@@ -492,7 +493,7 @@ def train(
             if step % eval_every == 0 or step == total:
                 with mixed():
                     metrics, dev_loss = _evaluate(model, task, dev_sets, dev_features, dev_labels, collate,
-                                                  config.batch_size * 2)
+                                                  config.batch_size * 2, progress and engine.is_main)
                 score = next(iter(metrics.values()))["score"]
                 if engine.world_size > 1:  # rank 0's score decides, so every rank keeps the same checkpoint
                     score, dev_loss = engine.gather_object((score, dev_loss))[0]
@@ -562,12 +563,13 @@ def _resumable_state(folder: Path, fingerprint: str) -> dict | None:
 
 
 def _evaluate(model, task: Task, dev_sets, dev_features, dev_labels: torch.Tensor | None, collate,
-              batch_size: int) -> tuple[dict[str, dict[str, float]], float]:
+              batch_size: int, progress: bool = True) -> tuple[dict[str, dict[str, float]], float]:
     """Metrics of every dev split, and the mean training loss (:func:`_loss`) on the first, whose labels are
     ``dev_labels`` (:func:`collate_labels`; None: no loss, nan)."""
     out, dev_loss = {}, math.nan
     for name, dev in dev_sets.items():
-        logits = predict_logits(model, task, dev_features[name], collate, batch_size, desc=f"eval {name}")
+        logits = predict_logits(model, task, dev_features[name], collate, batch_size, desc=f"eval {name}",
+                                progress=progress)
         out[name] = compute_metrics(task, to_predictions(task, logits), dev)
         if len(out) == 1 and dev_labels is not None:
             dev_loss = float(_loss(task, torch.from_numpy(logits), dev_labels))

@@ -83,6 +83,18 @@ def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning
     return result, model
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_false_also_silences_the_dev_passes(progress, tiny_model, superglue_dir, capsys):
+    """28 dev batches (over the 20 that show a bar): their bar is shown with the training's, or not at all."""
+    task = get_task("CB")
+    set_seed(0)
+    tokenizer, model = load_tokenizer(str(tiny_model)), load_model(task, str(tiny_model))
+    config = TrainConfig(batch_size=1, max_steps=2, eval_every=2, early_stopping_patience=0, max_seq_length=64)
+    train(task, model, tokenizer, task.read(superglue_dir, "train")[:4], {"val": task.read(superglue_dir, "val")},
+          config, progress=progress)
+    assert ("eval val" in capsys.readouterr().err) == progress
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_model, superglue_dir, tmp_path, caplog,
                                                                 precision):
