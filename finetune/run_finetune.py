@@ -47,8 +47,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str, se
             group.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=f.metadata["help"])
         else:
+            help_text = f.metadata["help"]
+            if default != "" and "default" not in help_text:  # an empty default is "unset": its help says what then
+                help_text += " (default: %(default)s)"
             group.add_argument(name, dest=f.name, type=type(default), default=default,
-                               choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: %(default)s)")
+                               choices=f.metadata.get("choices"), help=help_text)
 
 
 def from_args(cls, args: argparse.Namespace, **overrides):

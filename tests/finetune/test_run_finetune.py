@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForSequenceClassification, ByT5Tokenizer
 
 from bort.checkpoints import list_checkpoints
-from finetune.run_finetune import main
+from finetune.run_finetune import build_parser, main
 from finetune.tasks import get_task
 from finetune.trainer import TrainConfig, _loss, encode, load_model, load_tokenizer, predict, set_seed, train
 
@@ -90,6 +90,15 @@ def test_regression_and_multiple_choice_heads_learn(name, tiny_model, glue_dir, 
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     # Fitting 16 training examples: far above chance (Pearson 0, accuracy 1/2) on them.
     assert result.score > (0.5 if name == "STS-B" else 0.9)
+
+
+def test_every_option_states_its_default_at_most_once():
+    """Options whose help already names their default (e.g. --model: the local teacher) do not repeat it as an
+    empty "(default: )"."""
+    for action in build_parser()._actions:
+        text = (action.help or "") % {"default": action.default}
+        assert text.lower().count("default") <= 1 and "(default: )" not in text, action.option_strings
+    assert "(default: 2e-05)" in build_parser().format_help()  # a non-empty default is still shown
 
 
 def test_unknown_task_exits_2_listing_tasks(capsys):
