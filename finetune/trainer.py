@@ -294,7 +294,10 @@ def predict_logits(model: torch.nn.Module, task: Task, features: list[dict], col
     model.eval()
     chunks = []
     order = np.argsort([_length(f) for f in features], kind="stable")
-    loader = DataLoader([features[i] for i in order], batch_size=batch_size, shuffle=False, collate_fn=collate)
+    # its own generator: every DataLoader iterator draws a seed, and from torch's global generator it would move the
+    # dropout draws of the training this evaluates, so that how often dev is evaluated changed the run
+    loader = DataLoader([features[i] for i in order], batch_size=batch_size, shuffle=False, collate_fn=collate,
+                        generator=torch.Generator())
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress or len(loader) < 20):
         chunks.append(_logits(model, batch, task).float().cpu().numpy())
     if task.kind in ("multiple_choice", "record"):

@@ -64,7 +64,7 @@ class _Interrupt(Exception):
 
 
 def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning_rate=1e-3, precision="fp32",
-            pause_at=0):
+            pause_at=0, eval_every=4):
     """A CB run of 12 steps on the tiny model with dropout on (so the resumed run must restore the generators),
     dev every 4 steps, a checkpoint every 3 steps into ``checkpoint``; interrupted at step ``interrupt_at``."""
     task = get_task("CB")
@@ -76,7 +76,7 @@ def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning
         if step == interrupt_at:
             raise _Interrupt
 
-    config = TrainConfig(learning_rate=learning_rate, batch_size=8, max_steps=12, eval_every=4,
+    config = TrainConfig(learning_rate=learning_rate, batch_size=8, max_steps=12, eval_every=eval_every,
                          early_stopping_patience=0, max_seq_length=64, precision=precision)
     result = train(task, model, tokenizer, train_rows, {"val": dev}, config, on_evaluate=stop, progress=False,
                    checkpoint=checkpoint, save_steps=3, pause_at=pause_at)
@@ -112,6 +112,14 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_model, supe
         assert torch.equal(a, b), name
     fresh, _ = _cb_run(tiny_model, superglue_dir, tmp_path / "fresh", precision=precision)
     assert fresh.history == whole.history  # checkpointing itself changes nothing
+
+
+def test_how_often_dev_is_evaluated_does_not_change_the_training(tiny_model, superglue_dir):
+    """Dropout is on, so any random draw an evaluation took from the training's generators would change the run."""
+    every4, _ = _cb_run(tiny_model, superglue_dir, eval_every=4)
+    every3, _ = _cb_run(tiny_model, superglue_dir, eval_every=3)
+    assert [h["step"] for h in every4.history] == [4, 8, 12] and [h["step"] for h in every3.history] == [3, 6, 9, 12]
+    assert every3.history[-1] == every4.history[-1]  # step 12: the same loss, dev score and dev loss
 
 
 def test_a_run_paused_at_a_step_continues_to_the_uninterrupted_result(tiny_model, superglue_dir, tmp_path):
