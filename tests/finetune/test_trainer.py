@@ -66,7 +66,8 @@ class _Interrupt(Exception):
 def _cb_run(tiny_model, superglue_dir, checkpoint=None, interrupt_at=0, learning_rate=1e-3, precision="fp32",
             pause_at=0, eval_every=4):
     """A CB run of 12 steps on the tiny model with dropout on (so the resumed run must restore the generators),
-    dev every 4 steps, a checkpoint every 3 steps into ``checkpoint``; interrupted at step ``interrupt_at``."""
+    dev every ``eval_every`` steps, a checkpoint every 3 steps into ``checkpoint``; interrupted at step
+    ``interrupt_at``."""
     task = get_task("CB")
     train_rows, dev = task.read(superglue_dir, "train")[:64], task.read(superglue_dir, "val")[:24]
     set_seed(0)
