@@ -105,8 +105,9 @@ def make_hf_trainer(options: BenchOptions, setup: dict, output_dir: str, timings
                                data_collator=setup["collator"], callbacks=[Clock()])
 
 
-def baseline_setup(options: BenchOptions, device: str = "cuda" if torch.cuda.is_available() else "cpu") -> dict:
-    """Teacher (on ``device``), student (random, MLM head), loss and data exactly as our trainer builds them."""
+def baseline_setup(options: BenchOptions, device: str | None = None) -> dict:
+    """Teacher (on ``device``; None: the GPU if there is one), student (random, MLM head), loss and data exactly as
+    our trainer builds them."""
     from transformers import AutoTokenizer
 
     from bort.modeling import build_student, load_teacher
@@ -118,6 +119,7 @@ def baseline_setup(options: BenchOptions, device: str = "cuda" if torch.cuda.is_
 
     config = PretrainingConfig(teacher=options.teacher or default_teacher(), init="random")
     # on a GPU the Trainer moves the student there; the teacher goes with it (fp32: the baseline as usually written)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     teacher = load_teacher(config.teacher, attn_implementation=ATTENTION).to(device)
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)
     arch = default_architecture(teacher.config)
