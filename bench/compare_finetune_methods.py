@@ -19,6 +19,9 @@ several times (``a=DIR0 a=DIR1``), make each method's score the mean over its re
 so the interval is that of the seed-averaged difference over dev examples; the per-replicate differences are listed
 beside it (with two or three seeds they show the spread between seeds, they cannot estimate it).
     python bench/compare_finetune_methods.py CB --output-dir DIR_SEED0 DIR_SEED1 DIR_SEED2
+
+``--plot FILE.png`` draws both: each label's dev score per replicate with their mean, and each pair's difference
+with its interval.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import bootstrap  # noqa: E402
 
-from data.files import atomic_write_json  # noqa: E402
+from data.files import atomic_path, atomic_write_json  # noqa: E402
 from finetune.metrics import compute_metrics  # noqa: E402
 from finetune.pipeline import RunConfig, load_splits  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
@@ -59,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default: 128)")
     p.add_argument("--resamples", type=int, default=1999, help="bootstrap resamples (default: 1999)")
     p.add_argument("--json", default="", help="also write the result to this JSON file")
+    p.add_argument("--plot", default="", help="also draw the scores and intervals in this image file (.png, .pdf, .svg)")
     return p.parse_args(argv)
 
 
@@ -99,6 +103,39 @@ def predict_as_trained(task, folder: Path, dev: list, max_seq_length: int) -> np
     precision = json.loads(config.read_text()).get("train", {}).get("precision", "fp32") if config.is_file() else "fp32"
     with autocast(precision, default_device()):
         return predict(load_model(task, str(folder)), load_tokenizer(str(folder)), task, dev, max_seq_length)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Left: each label's dev score (x 100) per replicate (dots) and their mean (diamond). Right: each pair's difference
+    of means in points with its 95% interval, against zero. Written atomically; the format follows the suffix."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    labels, pairs = list(result["dev_score"]), result["differences"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * max(len(labels), len(pairs)) + 2.5),
+                                      gridspec_kw={"width_ratios": [1, 1.3]})
+    for y, label in enumerate(labels):
+        left.plot(result["replicates"][label], [y] * len(result["replicates"][label]), "o", color="gray", ms=5)
+        left.plot(result["dev_score"][label], y, "D", color="black", ms=7)
+    left.set_yticks(range(len(labels)), labels)
+    left.set_ylim(len(labels) - 0.5, -0.5)  # first label on top
+    left.set_xlabel(f"dev score x 100 ({result['task']} {result['split']}, {result['examples']} examples)")
+    left.set_title("per replicate (dots) and mean (diamond)")
+    for y, d in enumerate(pairs):
+        low, high = d["ci95"]
+        right.errorbar(d["difference"], y, xerr=[[d["difference"] - low], [high - d["difference"]]], fmt="o",
+                       color="black" if low > 0 or high < 0 else "gray", capsize=3)
+    right.axvline(0, color="red", lw=0.8)
+    right.set_yticks(range(len(pairs)), [d["pair"] for d in pairs])
+    right.set_ylim(len(pairs) - 0.5, -0.5)
+    right.set_xlabel("difference of means, points (95% paired-bootstrap interval)")
+    right.set_title("black: interval excludes 0")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -147,6 +184,8 @@ def main(argv=None) -> int:
               + ", ".join(f"{v:+.1f}" for v in d["per_replicate"]) + " |")
     if args.json:
         atomic_write_json(Path(args.json), result)
+    if args.plot:
+        plot(result, Path(args.plot))
     return 0
 
 

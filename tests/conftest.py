@@ -36,6 +36,21 @@ def teacher_path(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, teacher_path: Path) -> Path:
+    """A 2-layer, width-32 ``BertModel`` folder (no heads, like the search's output) with the teacher's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)  # the same tiny model in every test session
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def wikitext_files(shared_data: Path) -> list[Path]:
     folder = shared_data / "corpus" / "wikitext-2"
     return [folder / "valid.txt", folder / "test.txt"]
