@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per sequence (default: 128)")
     p.add_argument("--resamples", type=int, default=1999, help="bootstrap resamples (default: 1999)")
     p.add_argument("--json", default="", help="also write the result to this JSON file")
-    p.add_argument("--plot", default="", help="also draw the scores and intervals in this image file (.png, .pdf, .svg)")
+    p.add_argument("--plot", default="",
+                   help="also draw the scores and intervals in this image file (.png, .pdf, .svg)")
     return p.parse_args(argv)
 
 
