@@ -41,6 +41,18 @@ def test_one_run_saves_model_metrics_config_and_submission(tiny_model, tmp_path,
     assert (folder / "tokenizer.json").is_file() and "| CB | run |" in (out / "summary.md").read_text()
 
 
+def test_quiet_shows_no_progress_bar(tiny_model, tmp_path):
+    """--quiet promises warnings only: neither our bars nor transformers' (loading and writing the weights)."""
+    script = Path(__file__).resolve().parents[2] / "finetune" / "run_finetune.py"
+    proc = subprocess.run([sys.executable, str(script), "CB", "--model", str(tiny_model), "--output-dir",
+                           str(tmp_path / "out"), *TINY], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "CB" / "config.json").is_file()
+    output = proc.stdout + proc.stderr
+    assert "it/s]" not in output and "%|" not in output, output
+
+
 def test_a_killed_run_started_again_ends_as_if_never_killed(tiny_model, tmp_path, caplog):
     """SIGKILL once the first checkpoint exists (whenever that lands between two checkpoints); the same command then
     resumes from the newest checkpoint, writes the same model and history as a run never killed, and deletes it."""
