@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import bootstrap  # noqa: E402
 
-from data.files import atomic_path, atomic_write_json  # noqa: E402
+from data.files import atomic_write_json  # noqa: E402
 from finetune.metrics import compute_metrics  # noqa: E402
 from finetune.pipeline import RunConfig, load_splits  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
@@ -109,10 +109,7 @@ def predict_as_trained(task, folder: Path, dev: list, max_seq_length: int) -> np
 def plot(result: dict, path: Path) -> None:
     """Left: each label's dev score (x 100) per replicate (dots) and their mean (diamond). Right: each pair's difference
     of means in points with its 95% interval, against zero. Written atomically; the format follows the suffix."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    from finetune.report import plt, save_figure  # matplotlib (files only), imported only when a plot is asked for
 
     labels, pairs = list(result["dev_score"]), result["differences"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * max(len(labels), len(pairs)) + 2.5),
@@ -134,9 +131,7 @@ def plot(result: dict, path: Path) -> None:
     right.set_xlabel("difference of means, points (95% paired-bootstrap interval)")
     right.set_title("black: interval excludes 0")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,8 @@ from data.files import atomic_path  # noqa: E402
 HYPERPARAMETERS = ("learning_rate", "weight_decay", "warmup_fraction", "batch_size", "seed")
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Save ``fig`` to ``path`` atomically (the format follows the suffix) and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -28,7 +29,7 @@ def plot_sweep(study: optuna.Study, path: Path) -> None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="dev score")
     ax.set_title(f"{study.study_name}: dev score per trial")
-    _save(ax.figure, Path(path))
+    save_figure(ax.figure, Path(path))
 
 
 def plot_rounds(rounds: list[dict], path: Path, title: str) -> None:
@@ -43,7 +44,7 @@ def plot_rounds(rounds: list[dict], path: Path, title: str) -> None:
     twin.set_ylabel("training examples")
     ax.set_title(title)
     ax.legend(loc="lower right")
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def summary_table(rows: list[dict]) -> str:
