@@ -15,19 +15,19 @@ Loop, one *round* at a time:
 
 With ``warm_start`` the configurations of later rounds start from ``best/`` rather than from the base model.
 
-Not published, chosen here: Θ is a seeded sample of ``n_configs`` points of the sweep space (Bort's grid by default);
-an error is a wrong class, or for regression an absolute error above ``regression_error``; a regression oracle must
-reach a task score (mean of Pearson and Spearman) of 2/3. Every round appends a record to ``rounds.jsonl`` (Θ and the
-scores, errors, examples generated and added, training-set size, best dev score), the added examples go to
-``added.jsonl``, and ``state.json`` lets an interrupted run resume at the configuration where it stopped; that
-configuration's training (and the oracle's) continues from its newest checkpoint (every ``save_steps`` steps, in
-``checkpoints/``, deleted when the run ends).
+Not published, chosen here: Θ is the first ``n_configs`` points of the sweep space (Bort's grid by default) in the
+sweep's seeded order, which spreads each hyperparameter's values over them; an error is a wrong class, or for
+regression an absolute error above ``regression_error``; a regression oracle must reach a task score (mean of
+Pearson and Spearman) of 2/3. Every round appends a record to ``rounds.jsonl`` (Θ and the scores, errors, examples
+generated and added, training-set size, best dev score), the added examples go to ``added.jsonl``, and
+``state.json`` lets an interrupted run resume at the configuration where it stopped; that configuration's training
+(and the oracle's) continues from its newest checkpoint (every ``save_steps`` steps, in ``checkpoints/``, deleted
+when the run ends).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import random
@@ -40,7 +40,7 @@ from sklearn.metrics import accuracy_score
 from data.files import atomic_write_json, atomic_write_text, copy_folder
 from finetune.metrics import compute_metrics
 from finetune.pipeline import RunConfig, load_splits, run_once, save_trained, write_predictions
-from finetune.sweep import load_space
+from finetune.sweep import balanced_grid, load_space
 from finetune.tasks import Example, Task, get_task
 from finetune.trainer import RunResult, load_model, load_tokenizer, predict, save_run, subsample
 from finetune.transforms import make_transform
@@ -93,10 +93,9 @@ def agora_dir(run: RunConfig) -> Path:
 
 
 def sample_configurations(space: dict[str, list], n: int, seed: int) -> list[dict]:
-    """``n`` distinct points of the grid ``space`` (all of them when ``n`` is 0), in a seeded random order."""
-    names = list(space)
-    grid = [dict(zip(names, values)) for values in itertools.product(*(space[k] for k in names))]
-    random.Random(seed).shuffle(grid)
+    """Θ: the first ``n`` points (all of them when ``n`` is 0) of the grid ``space`` in the sweep's seeded order,
+    which spreads each hyperparameter's values over the first points (:func:`finetune.sweep.balanced_grid`)."""
+    grid = balanced_grid(space, seed)
     return grid if n == 0 else grid[:n]
 
 

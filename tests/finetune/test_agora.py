@@ -99,11 +99,15 @@ def test_prune_drops_the_top_run_of_equal_outcomes():
     assert prune(theta[:1], [0.5], 3) == []
 
 
-def test_sample_configurations_is_a_seeded_grid_sample():
+def test_sample_configurations_is_a_seeded_grid_sample_spread_over_the_values():
     space = {"learning_rate": [1e-4, 1e-5], "seed": [0, 1, 2]}
     a, b = sample_configurations(space, 4, 7), sample_configurations(space, 4, 7)
     assert a == b and len({json.dumps(c, sort_keys=True) for c in a}) == 4
     assert len(sample_configurations(space, 0, 7)) == 6
+    for seed in range(20):  # two configurations share no value, three hold every seed
+        first = sample_configurations(space, 3, seed)
+        assert first[0]["learning_rate"] != first[1]["learning_rate"] and first[0]["seed"] != first[1]["seed"]
+        assert {c["seed"] for c in first} == {0, 1, 2}
 
 
 def test_perturb_changes_text_and_uses_synonyms():

@@ -1,6 +1,7 @@
 """A two-trial sweep on a tiny model, killed during its second trial, then resumed from its storage."""
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -18,8 +19,8 @@ from optuna.trial import TrialState
 
 from finetune.run_finetune import main
 from finetune.pipeline import RunConfig, run_once
-from finetune.sweep import (BORT_GRID, SweepConfig, first_rung, halving_plan, load_space, open_study, run_sweep,
-                            steps_used)
+from finetune.sweep import (BORT_GRID, BalancedGridSampler, SweepConfig, balanced_grid, first_rung, halving_plan,
+                            load_space, open_study, run_sweep, steps_used)
 from finetune.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +101,42 @@ def test_default_space_is_borts_grid_and_bad_space_is_refused(tmp_path):
     bad.write_text("learning_rat: [0.1]\n")
     with pytest.raises(ValueError, match="'learning_rat' is not a hyperparameter"):
         load_space(str(bad))
+
+
+def _spread(points: list[dict], space: dict[str, list]) -> int:
+    """The largest difference, over hyperparameters, between how often two of its values occur in ``points``."""
+    return max(max(counts) - min(counts) for counts in
+               ([sum(p[name] == v for p in points) for v in values] for name, values in space.items()))
+
+
+def test_balanced_grid_spreads_every_hyperparameter_over_the_first_points():
+    bench = load_space(str(ROOT / "bench" / "finetune_space.yaml"))  # 36 points, three learning rates
+    for space, first in ((bench, 11), (BORT_GRID, 59)):
+        points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+        for seed in range(30):
+            order = balanced_grid(space, seed)
+            assert len(order) == len(points) and sorted(map(repr, order)) == sorted(map(repr, points))
+            assert order == balanced_grid(space, seed)
+            assert max(_spread(order[:k], space) for k in range(1, first + 1)) <= 1
+    assert balanced_grid(bench, 0) != balanced_grid(bench, 1)
+    # Optuna's own shuffle leaves a learning rate out of the first 8 points (sync-halving's first rung in the quality
+    # benchmark) for some seeds; the balanced order never does
+    def missing(sampler_points):
+        return sum(len({p["learning_rate"] for p in points[:8]}) < 3 for points in sampler_points)
+
+    shuffled = [[dict(zip(s._param_names, g)) for g in s._all_grids]
+                for s in (optuna.samplers.GridSampler(bench, seed=k) for k in range(200))]
+    assert missing(shuffled) > 0
+    assert missing(balanced_grid(bench, k) for k in range(200)) == 0
+
+
+def test_grid_sweep_trains_the_balanced_order_and_stops_when_exhausted():
+    space = {"learning_rate": [1e-4, 5e-5, 2e-5], "weight_decay": [0.0, 0.01], "seed": [0, 1]}
+    study = optuna.create_study(sampler=BalancedGridSampler(space, seed=4), direction="maximize")
+    study.optimize(lambda t: t.suggest_categorical("learning_rate", space["learning_rate"]) * 1e4
+                   + t.suggest_categorical("weight_decay", space["weight_decay"])
+                   + t.suggest_categorical("seed", space["seed"]), n_trials=100)
+    assert [t.params for t in study.trials] == balanced_grid(space, 4)  # all 12 points once, in that order
 
 
 def test_a_budgeted_halving_sweep_spends_exactly_its_budget(tiny_model, tmp_path):
