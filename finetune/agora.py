@@ -68,7 +68,8 @@ class AgoraConfig:
     per_error: int = field(default=2, metadata={
         "help": "new examples generated near each error (0: none and no oracle; an ablation that keeps the rounds, "
                 "replay, pruning and warm start)"})
-    n_configs: int = field(default=4, metadata={"help": "|Θ|: configurations sampled from the space (0: all)"})
+    n_configs: int = field(default=4, metadata={
+        "help": "|Θ|: the space's first points in the sweep's balanced order (0: all)"})
     space: str = field(default="", metadata={"help": "JSON/YAML search space file (default: Bort's grid)"})
     replay: int = field(default=1, metadata={"help": "extra rounds on the same Θ before each pruning"})
     max_rounds: int = field(default=0, metadata={"help": "stop after this many rounds (0: until Θ is empty)"})
