@@ -217,6 +217,12 @@ def test_a_sweep_study_of_other_settings_is_refused_naming_them(tiny_model, tmp_
     shorter = dataclasses.replace(run, train=dataclasses.replace(run.train, max_steps=7))
     with pytest.raises(ValueError, match=r"other settings \(train\.max_steps\)"):
         open_study(shorter, sweep, space)
+    # a TPE study's definition is the one grid sweeps stored before the balanced order: a grid sweep does not continue
+    # it, as its trial k would train another point than the one its numbering assumed
+    other = dataclasses.replace(run, output_dir=str(tmp_path / "tpe"))
+    open_study(other, SweepConfig(sampler="tpe"), space)
+    with pytest.raises(ValueError, match=r"other settings \(grid_order\)"):
+        open_study(other, sweep, space)
 
 
 def test_a_configuration_already_trained_is_not_trained_again(tiny_model, tmp_path):
