@@ -21,7 +21,10 @@ steps), (b) from its study and (c) from its rounds, their runs from their checkp
 (``--space``; default Bort's grid). Training sets larger than ``--max-train-examples`` are subsampled (seeded). Dev
 sets are used whole. ``--seed K`` is one replicate of all three methods: (a)'s seed (head, data order, dropout,
 training subsample), the sweep's grid order and Agora's sample of Θ; run each seed into its own ``--output-dir`` and
-pass them all to ``bench/compare_finetune_methods.py --output-dir``, which averages every method over them.
+pass them all to ``bench/compare_finetune_methods.py --output-dir``, which averages every method over them. The space's
+training seeds are the same for every replicate, so two replicates whose sweeps reach the same configuration train the
+same model; ``--replicate-space-seeds`` shifts them per replicate (``seed: [0, 1, 2]`` becomes ``[3K, 3K+1, 3K+2]``
+for ``--seed K``), which makes the replicates of (b) and (c) independent draws.
 
 Usage (the numbers in the README were produced with the command printed at the top of the output):
     python bench/bench_finetune_quality.py --budget-steps 360 --output-dir outputs/bench_finetune
@@ -47,7 +50,7 @@ import torch  # noqa: E402
 from data.files import atomic_write_json  # noqa: E402
 from finetune.agora import AgoraConfig, OracleTooWeak, run_agora  # noqa: E402
 from finetune.pipeline import RunConfig, run_once, save_trained  # noqa: E402
-from finetune.sweep import PRUNERS, SweepConfig, run_sweep, steps_used  # noqa: E402
+from finetune.sweep import PRUNERS, SweepConfig, load_space, run_sweep, steps_used  # noqa: E402
 from finetune.tasks import get_task  # noqa: E402
 from finetune.trainer import PRECISIONS, TrainConfig  # noqa: E402
 
@@ -91,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0,
                    help="replicate: (a)'s seed, (b)'s grid order, (c)'s sample of configurations (default: 0)")
     p.add_argument("--space", default="", help="JSON/YAML space for (b) and (c) (default: Bort's grid)")
+    p.add_argument("--replicate-space-seeds", action="store_true",
+                   help="shift the space's training seeds by --seed times their number, so that each replicate's "
+                        "(b) and (c) train with seeds no other replicate uses (default: the space's seeds as given)")
     p.add_argument("--output-dir", default="outputs/bench_finetune", help="output folder (default: %(default)s)")
     return p.parse_args(argv)
 
@@ -101,6 +107,13 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     replicate = {"seed": args.seed, "precision": args.precision}  # stored with every method's entry
+    space = args.space
+    if args.replicate_space_seeds:
+        replicate["replicate_space_seeds"] = True
+        try:
+            shifted = replicate_space_seeds(load_space(args.space), args.seed)
+        except ValueError as e:
+            raise SystemExit(f"--replicate-space-seeds: {e}")
     conditions = {"command": " ".join(["python", *sys.argv]), "threads": torch.get_num_threads(),
                   "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                   "budget": f"{args.budget_steps} steps x {args.batch_size} examples per method per task",
@@ -109,14 +122,17 @@ def main(argv=None) -> int:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     # a replicate's methods share one seed and precision (entries before these options used 0 and fp32)
-    for option, default in (("seed", 0), ("precision", "fp32")):
+    for option, default in (("seed", 0), ("precision", "fp32"), ("replicate_space_seeds", False)):
         wanted = getattr(args, option)
         for name, row in results.items():
             other = {m: entry.get(option, default) for m, entry in row.items() if entry.get(option, default) != wanted}
             if other:
-                raise SystemExit(f"{results_path}: {name} {', '.join(other)} ran with --{option} "
-                                 f"{', '.join(map(str, sorted(set(other.values()))))}, not {wanted}: use another "
-                                 f"--output-dir per {option}")
+                raise SystemExit(f"{results_path}: {name} {', '.join(other)} ran with "
+                                 f"--{option.replace('_', '-')} {', '.join(map(str, sorted(set(other.values()))))}, "
+                                 f"not {wanted}: use another --output-dir per {option}")
+    if args.replicate_space_seeds:
+        space = str(out / "space.json")  # the space (b) and (c) sample, kept beside the results
+        atomic_write_json(Path(space), shifted)
     eval_every = args.eval_every or max(1, args.budget_steps // 18)
     for name in args.tasks:
         task = get_task(name)
@@ -145,7 +161,7 @@ def main(argv=None) -> int:
             per_trial = replace(base, max_steps=max(1, int(args.budget_steps * args.trial_fraction)))
             study = run_sweep(RunConfig(task=name, model=args.model, output_dir=str(out / "b"), predict_test=False,
                                         train=per_trial),
-                              SweepConfig(sampler="grid", n_trials=args.trials, space=args.space, pruner=args.pruner,
+                              SweepConfig(sampler="grid", n_trials=args.trials, space=space, pruner=args.pruner,
                                           budget_steps=args.budget_steps, sampler_seed=args.seed,
                                           halving_min_steps=int(args.first_rung * per_trial.max_steps)),
                               progress=False)
@@ -170,7 +186,7 @@ def main(argv=None) -> int:
                                   AgoraConfig(oracle=str(oracle) if per_error else "", per_error=per_error,
                                               mine_on=mine_on, holdout_size=holdout_size,
                                               n_configs=args.agora_configs, max_rounds=args.agora_rounds,
-                                              replay=args.agora_rounds, space=args.space,
+                                              replay=args.agora_rounds, space=space,
                                               warm_start=args.agora_warm_start, agora_seed=args.seed),
                                   progress=False)
                 row[method] = {"score": state["best"]["score"], "metrics": state["best"]["metrics"],
@@ -182,6 +198,22 @@ def main(argv=None) -> int:
             atomic_write_json(results_path, results)
     print(table(results, get_metric_names(results)))
     return 0
+
+
+def replicate_space_seeds(space: dict[str, list], replicate: int) -> dict[str, list]:
+    """``space`` with its training seeds shifted for replicate ``replicate``: each seed ``s`` becomes
+    ``s + replicate * n`` (``n``: the number of seeds), so replicates 0, 1, ... use disjoint seed sets when the space's
+    seeds are 0..n-1. The other hyperparameters, and so the grid order of a replicate, are unchanged.
+
+    Raises:
+        ValueError: the space has no ``seed`` list, or ``replicate`` is negative.
+    """
+    if "seed" not in space:
+        raise ValueError(f"the space has no 'seed' to shift; its hyperparameters: {', '.join(space)}")
+    if replicate < 0:
+        raise ValueError(f"replicate must be >= 0, got {replicate}")
+    n = len(space["seed"])
+    return {**space, "seed": [int(s) + replicate * n for s in space["seed"]]}
 
 
 def get_metric_names(results: dict) -> dict:
