@@ -71,21 +71,35 @@ BORT_GRID: dict[str, list] = {
 def load_space(path: str | None) -> dict[str, list]:
     """A search space: ``TrainConfig`` field -> list of values, from a JSON/YAML file, or :data:`BORT_GRID`.
 
+    A ``.json`` file is read as JSON; any other as YAML, where a number in exponent form needs a dot (``1.0e-4``):
+    YAML 1.1 reads ``1e-4`` as text.
+
     Raises:
-        ValueError: the file names a field that is not a hyperparameter, or a value list is empty.
+        ValueError: the file names a field that is not a hyperparameter, a value list is empty, or a value is not of
+            its field's type (a number for ``learning_rate``, an integer for ``seed``, ...).
     """
     if not path:
         return {k: list(v) for k, v in BORT_GRID.items()}
     with open(path, encoding="utf-8") as f:
-        space = yaml.safe_load(f)  # YAML is a superset of JSON
+        try:
+            space = json.load(f) if str(path).endswith(".json") else yaml.safe_load(f)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ValueError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {e}") from e
     if not isinstance(space, dict):
         raise ValueError(f"{path}: expected a mapping of hyperparameter -> list of values")
-    known = set(TrainConfig.__dataclass_fields__)
+    fields = TrainConfig.__dataclass_fields__
     for name, values in space.items():
-        if name not in known:
-            raise ValueError(f"{path}: {name!r} is not a hyperparameter; valid: {', '.join(sorted(known))}")
+        if name not in fields:
+            raise ValueError(f"{path}: {name!r} is not a hyperparameter; valid: {', '.join(sorted(fields))}")
         if not isinstance(values, list) or not values:
             raise ValueError(f"{path}: {name!r} needs a non-empty list of values")
+        kind = fields[name].type if isinstance(fields[name].type, str) else fields[name].type.__name__
+        allowed = {"float": (int, float), "int": (int,), "str": (str,)}.get(kind, object)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) and kind != "str" else ""
+                article = "an" if kind == "int" else "a"
+                raise ValueError(f"{path}: {name!r} value {value!r} is not {article} {kind}{hint}")
     return space
 
 

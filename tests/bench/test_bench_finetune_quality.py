@@ -77,3 +77,19 @@ def test_cli_refuses_to_mix_shifted_and_unshifted_replicates_in_one_folder(tmp_p
     assert "results.json" in proc.stderr and "--replicate-space-seeds" in proc.stderr
     assert json.loads((out / "results.json").read_text()) == results  # nothing lost
     assert not (out / "space.json").exists()
+
+
+def test_a_replicate_with_shifted_seeds_sweeps_with_them(tmp_path, tiny_model, shared_data):
+    """The benchmark as users run it, (b) only, on a tiny model: replicate 1's trials train with seeds 3-5."""
+    out = tmp_path / "out"
+    proc = run_bench("--tasks", "CB", "--model", str(tiny_model), "--budget-steps", "8", "--methods", "b",
+                     "--space", str(SPACE), "--replicate-space-seeds", "--seed", "1", "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_space(str(out / "space.json"))["seed"] == [3, 4, 5]
+    entry = json.loads((out / "results.json").read_text())["CB"]["b"]
+    assert entry["replicate_space_seeds"] is True and entry["seed"] == 1
+    assert entry["params"]["seed"] in (3, 4, 5)
+    trials = (out / "b" / "CB" / "sweep" / "trials.csv").read_text().splitlines()
+    column = trials[0].split(",").index("params_seed")
+    seeds = {int(line.split(",")[column]) for line in trials[1:]}
+    assert seeds and seeds <= {3, 4, 5}

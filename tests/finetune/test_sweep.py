@@ -103,6 +103,21 @@ def test_default_space_is_borts_grid_and_bad_space_is_refused(tmp_path):
         load_space(str(bad))
 
 
+def test_space_files_keep_their_numbers_and_text_numbers_are_refused(tmp_path):
+    as_json = tmp_path / "space.json"
+    as_json.write_text(json.dumps({"learning_rate": [5e-05, 1e-4], "seed": [12, 13]}))  # json.dumps writes 5e-05
+    assert load_space(str(as_json)) == {"learning_rate": [5e-05, 1e-4], "seed": [12, 13]}
+    as_yaml = tmp_path / "space.yaml"
+    as_yaml.write_text("learning_rate: [5.0e-5, 1.0e-4]\nweight_decay: [0, 0.01]\n")
+    assert load_space(str(as_yaml)) == {"learning_rate": [5e-05, 1e-4], "weight_decay": [0, 0.01]}
+    as_yaml.write_text("learning_rate: [1e-4]\n")  # YAML 1.1: text, not a number
+    with pytest.raises(ValueError, match=r"space.yaml: 'learning_rate' value '1e-4' is not a float .*1.0e-4"):
+        load_space(str(as_yaml))
+    as_yaml.write_text("seed: [0, 1.5]\n")
+    with pytest.raises(ValueError, match="'seed' value 1.5 is not an int"):
+        load_space(str(as_yaml))
+
+
 def _spread(points: list[dict], space: dict[str, list]) -> int:
     """The largest difference, over hyperparameters, between how often two of its values occur in ``points``."""
     return max(max(counts) - min(counts) for counts in
