@@ -107,13 +107,8 @@ def main(argv=None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     replicate = {"seed": args.seed, "precision": args.precision}  # stored with every method's entry
-    space = args.space
     if args.replicate_space_seeds:
         replicate["replicate_space_seeds"] = True
-        try:
-            shifted = replicate_space_seeds(load_space(args.space), args.seed)
-        except ValueError as e:
-            raise SystemExit(f"--replicate-space-seeds: {e}")
     conditions = {"command": " ".join(["python", *sys.argv]), "threads": torch.get_num_threads(),
                   "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                   "budget": f"{args.budget_steps} steps x {args.batch_size} examples per method per task",
@@ -121,7 +116,7 @@ def main(argv=None) -> int:
     print(json.dumps(conditions))
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    # a replicate's methods share one seed and precision (entries before these options used 0 and fp32)
+    # a replicate's methods share one seed, precision and seed set (entries before these options: 0, fp32, unshifted)
     for option, default in (("seed", 0), ("precision", "fp32"), ("replicate_space_seeds", False)):
         wanted = getattr(args, option)
         for name, row in results.items():
@@ -130,7 +125,12 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{results_path}: {name} {', '.join(other)} ran with "
                                  f"--{option.replace('_', '-')} {', '.join(map(str, sorted(set(other.values()))))}, "
                                  f"not {wanted}: use another --output-dir per {option}")
+    space = args.space
     if args.replicate_space_seeds:
+        try:
+            shifted = replicate_space_seeds(load_space(args.space), args.seed)
+        except ValueError as e:
+            raise SystemExit(f"--replicate-space-seeds: {e}")
         space = str(out / "space.json")  # the space (b) and (c) sample, kept beside the results
         atomic_write_json(Path(space), shifted)
     eval_every = args.eval_every or max(1, args.budget_steps // 18)

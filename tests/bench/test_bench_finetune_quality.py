@@ -3,6 +3,7 @@ come before any training."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -89,7 +90,6 @@ def test_a_replicate_with_shifted_seeds_sweeps_with_them(tmp_path, tiny_model, s
     entry = json.loads((out / "results.json").read_text())["CB"]["b"]
     assert entry["replicate_space_seeds"] is True and entry["seed"] == 1
     assert entry["params"]["seed"] in (3, 4, 5)
-    trials = (out / "b" / "CB" / "sweep" / "trials.csv").read_text().splitlines()
-    column = trials[0].split(",").index("params_seed")
-    seeds = {int(line.split(",")[column]) for line in trials[1:]}
+    with open(out / "b" / "CB" / "sweep" / "trials.csv", newline="") as f:
+        seeds = {int(float(row["params_seed"])) for row in csv.DictReader(f)}
     assert seeds and seeds <= {3, 4, 5}
