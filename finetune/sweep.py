@@ -380,7 +380,9 @@ def _next_in_plan(study: optuna.Study, plan: dict, folder: Path, poll_seconds: f
         else:
             if all(t.state.is_finished() for t in at[-1]):
                 return False
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # experimental since Optuna 2.9: noise in every waiting worker's log
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         time.sleep(poll_seconds)
 
 

@@ -480,6 +480,7 @@ def test_sync_halving_workers_sharing_the_study_wait_at_each_rung(sync_sweep, ti
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errors = [w.communicate(timeout=300)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors
+    assert not [e for e in errors if "ExperimentalWarning" in e], errors  # the waiting worker's stale-trial check
     study = optuna.load_study(study_name="STS-B-sweep", storage=sweep.storage)
     assert {t.state for t in study.trials} <= {TrialState.PRUNED, TrialState.COMPLETE}
     trained = [t for t in study.trials if t.user_attrs["steps"]]  # a promotion queued by both workers runs once
