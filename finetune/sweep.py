@@ -54,7 +54,7 @@ from data.files import atomic_path, atomic_write_json, copy_folder
 from finetune.pipeline import RunConfig, run_once, save_trained, write_predictions
 from finetune.tasks import get_task
 from finetune.trainer import TrainConfig, load_model, load_tokenizer
-from search.storage import open_defined_study, open_storage, redact
+from search.storage import fail_stale, open_defined_study, open_storage, redact
 
 logger = logging.getLogger(__name__)
 
@@ -380,9 +380,7 @@ def _next_in_plan(study: optuna.Study, plan: dict, folder: Path, poll_seconds: f
         else:
             if all(t.state.is_finished() for t in at[-1]):
                 return False
-        with warnings.catch_warnings():  # experimental since Optuna 2.9: noise in every waiting worker's log
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        fail_stale(study)
         time.sleep(poll_seconds)
 
 
