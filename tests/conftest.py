@@ -19,7 +19,18 @@ import torch  # noqa: E402
 from data.resources import data_root  # noqa: E402
 
 # Two cores are shared by everything in CI: one intra-op thread per test process keeps runs predictable.
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+THREADS = int(os.environ.get("OMP_NUM_THREADS", "1"))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test starts and ends at the suite's thread count. Entry points run in-process set torch's count for the
+    whole process (``--threads``), in a test or in a module fixture set up just before one: without this, a test would
+    run under the count another left behind (a latency profile, for one, is named by it)."""
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,10 @@ def test_tiny_run_writes_every_result(tiny_run):
     assert (out / "architectures.csv").read_text().count("\n") == 301
     config = json.loads((out / "config.json").read_text())
     assert config["options"]["tiny"] is True and config["resolved"]["space_size"] == 300
+    # the latencies' record names the thread count they were measured under (the run's OMP_NUM_THREADS), not None
+    latency = json.loads((out / "latency.json").read_text())
+    assert latency["key"]["profile"]["threads"] == int(os.environ.get("OMP_NUM_THREADS", "1"))
+    assert latency["profile_name"].startswith(f"cpu-float32-t{latency['key']['profile']['threads']}-")
 
 
 def test_winner_loads_with_automodel(tiny_run):
