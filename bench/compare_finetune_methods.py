@@ -72,9 +72,17 @@ def model_folders(args: argparse.Namespace) -> dict[str, list[Path]]:
     ``LABEL=FOLDER`` arguments.
 
     Raises:
-        SystemExit: an argument is not LABEL=FOLDER, a folder has no config.json, or fewer than two labels.
+        SystemExit: an ``--output-dir`` is not a folder or holds no method's model of the task, an argument is not
+            LABEL=FOLDER, a folder has no config.json, or fewer than two labels.
     """
     folders: dict[str, list[Path]] = {}
+    for d in args.output_dir:
+        if not Path(d).is_dir():
+            raise SystemExit(f"--output-dir {d}: no such folder")
+        if not any((Path(d) / pattern.format(task=args.task) / "config.json").is_file()
+                   for pattern in METHOD_FOLDERS.values()):
+            raise SystemExit(f"--output-dir {d}: no method's model of {args.task} in it "
+                             f"(expected e.g. {METHOD_FOLDERS['a'].format(task=args.task)}/config.json)")
     for method, pattern in METHOD_FOLDERS.items():
         found = [Path(d) / pattern.format(task=args.task) for d in args.output_dir]
         present = [(f / "config.json").is_file() for f in found]

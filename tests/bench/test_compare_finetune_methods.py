@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from finetune.tasks import get_task
 from finetune.trainer import load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "compare_finetune_methods.py"
 
 
 def constant_classifier(tiny_model: Path, folder: Path, label: int) -> Path:
@@ -66,3 +69,22 @@ def test_plot_is_written_whole(compared):
     _, out, _, _ = compared
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == ["plot.png", "result.json"]  # no temporary file left
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("compare_finetune_methods", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_output_dir_that_is_missing_or_holds_no_model_is_refused(tmp_path, compared):
+    """A mistyped --output-dir (or `--output`, which argparse takes for it) beside LABEL=FOLDER models stops the run and
+    names the folder, instead of being left out without a word."""
+    script, model = load_script(), compared[1].parent / "pos"
+    (tmp_path / "empty").mkdir()
+    cases = ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no method's model of SST-2"))
+    for folder, message in cases:
+        args = script.parse_args(["SST-2", f"x={model}", f"y={model}", "--output", str(folder)])
+        with pytest.raises(SystemExit, match=re.escape(f"--output-dir {folder}: {message}")):
+            script.model_folders(args)
