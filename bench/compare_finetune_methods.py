@@ -79,18 +79,20 @@ def model_folders(args: argparse.Namespace) -> dict[str, list[Path]]:
     for d in args.output_dir:
         if not Path(d).is_dir():
             raise SystemExit(f"--output-dir {d}: no such folder")
-        if not any((Path(d) / pattern.format(task=args.task) / "config.json").is_file()
-                   for pattern in METHOD_FOLDERS.values()):
-            raise SystemExit(f"--output-dir {d}: no method's model of {args.task} in it "
-                             f"(expected e.g. {METHOD_FOLDERS['a'].format(task=args.task)}/config.json)")
+    holding = set()  # the --output-dir folders with at least one method's model
     for method, pattern in METHOD_FOLDERS.items():
         found = [Path(d) / pattern.format(task=args.task) for d in args.output_dir]
         present = [(f / "config.json").is_file() for f in found]
+        holding.update(d for d, ok in zip(args.output_dir, present) if ok)
         if all(present) and found:
             folders[method] = found
         elif any(present):
             print(f"{method}: left out, missing from "
                   f"{', '.join(d for d, ok in zip(args.output_dir, present) if not ok)}", file=sys.stderr)
+    for d in args.output_dir:
+        if d not in holding:
+            raise SystemExit(f"--output-dir {d}: no method's model of {args.task} in it "
+                             f"(expected e.g. {METHOD_FOLDERS['a'].format(task=args.task)}/config.json)")
     for item in args.models:
         label, sep, folder = item.partition("=")
         if not sep or not label or not folder:

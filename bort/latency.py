@@ -21,8 +21,8 @@ class LatencyProfile:
     """Settings under which a latency is measured; two measurements compare only under equal profiles.
 
     batch_size and seq_len give the input shape (batch, seq_len); threads is torch's intra-op thread count
-    (None: leave torch's setting); warmup and repeats count forward passes; trim is the fraction cut from each
-    end before averaging.
+    (None: torch's count when the profile is made, stored in its place so that every record of the profile names
+    it); warmup and repeats count forward passes; trim is the fraction cut from each end before averaging.
     """
 
     batch_size: int = 1
@@ -35,6 +35,8 @@ class LatencyProfile:
     trim: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.threads is None:
+            object.__setattr__(self, "threads", torch.get_num_threads())  # the dataclass is frozen
         if self.batch_size <= 0 or self.seq_len <= 0 or self.repeats <= 0 or self.warmup < 0:
             raise ValueError(f"invalid latency profile {self}: sizes and repeats must be positive")
         if not 0 <= self.trim < 0.5:
@@ -71,8 +73,7 @@ def measure_latency(model: torch.nn.Module, profile: LatencyProfile, *, vocab_si
     The model is moved to the profile's device and dtype and put in eval mode. Returns milliseconds per batch.
     """
     previous_threads = torch.get_num_threads()
-    if profile.threads is not None:
-        torch.set_num_threads(profile.threads)
+    torch.set_num_threads(profile.threads)
     try:
         device = torch.device(profile.device)
         model = model.to(device=device, dtype=getattr(torch, profile.dtype)).eval()

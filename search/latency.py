@@ -81,9 +81,8 @@ class LatencyCache:
 
 def default_profile_name(profile: LatencyProfile) -> str:
     """For example ``cpu-float32-t2-b1-s128``."""
-    threads = profile.threads if profile.threads is not None else torch.get_num_threads()
     device = profile.device.replace(":", "")
-    return f"{device}-{profile.dtype}-t{threads}-b{profile.batch_size}-s{profile.seq_len}"
+    return f"{device}-{profile.dtype}-t{profile.threads}-b{profile.batch_size}-s{profile.seq_len}"
 
 
 def measure_architectures(archs: list[Architecture], teacher_config: PretrainedConfig, profile: LatencyProfile,

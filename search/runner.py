@@ -344,11 +344,8 @@ def _measure_architectures(config: SearchConfig, inputs: Inputs, teacher: PreTra
 
 
 def _latency_profile(config: SearchConfig) -> LatencyProfile:
-    # the thread count in use, not None: it names the cache file, and the cache's key must record it too (a key
-    # without it would let latencies measured under one count pass for another's)
-    threads = config.threads if config.threads is not None else torch.get_num_threads()
     return LatencyProfile(batch_size=config.latency_batch_size, seq_len=config.max_seq_length,
-                          device=config.latency_device, dtype=config.latency_dtype, threads=threads,
+                          device=config.latency_device, dtype=config.latency_dtype, threads=config.threads,
                           warmup=config.latency_warmup, repeats=config.latency_repeats)
 
 
