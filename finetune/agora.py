@@ -188,6 +188,8 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
     task = get_task(run.task)
     if task.kind not in ("classification", "regression"):
         raise ValueError(f"Agora supports classification and regression tasks; {task.name} is {task.kind}")
+    train_cfg = replace(run.train, max_train_examples=0)
+    space = load_space(agora.space, train_cfg)  # checked before anything is written
     folder = agora_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     data_dir = run.data_path
@@ -203,14 +205,13 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
         base = list(base)
         rng.shuffle(base)
         mining, base = base[: agora.holdout_size], base[agora.holdout_size:]
-    train_cfg = replace(run.train, max_train_examples=0)
 
     state_path = folder / "state.json"
     if state_path.is_file():
         state = json.loads(state_path.read_text())
         logger.info("Agora %s: resuming at round %d", task.name, state["round"])
     else:
-        theta = sample_configurations(load_space(agora.space), agora.n_configs, agora.agora_seed)
+        theta = sample_configurations(space, agora.n_configs, agora.agora_seed)
         state = {"round": 0, "theta": theta, "scores": {}, "round_best": None, "best": None, "rep": 0}
         atomic_write_json(folder / "agora_config.json", {"run": asdict(run), "agora": asdict(agora)}, default=str)
 

@@ -68,18 +68,22 @@ BORT_GRID: dict[str, list] = {
 }
 
 
-def load_space(path: str | None) -> dict[str, list]:
+def load_space(path: str | None, base: TrainConfig | None = None) -> dict[str, list]:
     """A search space: ``TrainConfig`` field -> list of values, from a JSON/YAML file, or :data:`BORT_GRID`.
 
     A ``.json`` file is read as JSON; any other as YAML, where a number in exponent form needs a dot (``1.0e-4``):
-    YAML 1.1 reads ``1e-4`` as text.
+    YAML 1.1 reads ``1e-4`` as text. With ``base`` (the run's fixed settings), every point of the grid is checked
+    against it, so that a value out of range stops the sweep before its study or any model is made.
 
     Raises:
-        ValueError: the file names a field that is not a hyperparameter, a value list is empty, or a value is not of
-            its field's type (a number for ``learning_rate``, an integer for ``seed``, ...).
+        ValueError: the file names a field that is not a hyperparameter, a value list is empty, a value is not of
+            its field's type (a number for ``learning_rate``, an integer for ``seed``, ...), or, with ``base``, a
+            point of the grid is not a valid ``TrainConfig`` (e.g. a negative learning rate); the message names the
+            file and the point.
     """
     if not path:
-        return {k: list(v) for k, v in BORT_GRID.items()}
+        space = {k: list(v) for k, v in BORT_GRID.items()}
+        return space if base is None else _check_points(space, base, "Bort's grid")
     with open(path, encoding="utf-8") as f:
         try:
             space = json.load(f) if str(path).endswith(".json") else yaml.safe_load(f)
@@ -100,6 +104,16 @@ def load_space(path: str | None) -> dict[str, list]:
                 hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) and kind != "str" else ""
                 article = "an" if kind == "int" else "a"
                 raise ValueError(f"{path}: {name!r} value {value!r} is not {article} {kind}{hint}")
+    return space if base is None else _check_points(space, base, path)
+
+
+def _check_points(space: dict[str, list], base: TrainConfig, source: str) -> dict[str, list]:
+    for values in itertools.product(*space.values()):  # Bort's 480 points: 2.6 ms (measured)
+        point = dict(zip(space, values))
+        try:
+            replace(base, **point)
+        except ValueError as e:
+            raise ValueError(f"{source}: the point {point} of the search space: {e}") from None
     return space
 
 
@@ -431,7 +445,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, progress: bool = True, run_job
     Returns:
         The study; ``study.best_trial.user_attrs`` holds the best trial's dev metrics and its model folder.
     """
-    space = load_space(sweep.space)
+    space = load_space(sweep.space, run.train)
 
     @functools.cache
     def train_size() -> int:  # read once per sweep, and only when a budget needs it

@@ -63,7 +63,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of one fine-tuning run (one Optuna trial / one Agora configuration θ)."""
+    """Hyperparameters of one fine-tuning run (one Optuna trial / one Agora configuration θ).
+
+    Raises:
+        ValueError: a value out of its range (naming the field and the value), or fp16 without a CUDA GPU.
+    """
 
     learning_rate: float = field(default=2e-5, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "decoupled AdamW weight decay (Bort's grid: 0-350)"})
@@ -92,12 +96,16 @@ class TrainConfig:
         if self.precision == "fp16" and not torch.cuda.is_available():  # refused before any data is read
             raise ValueError("--precision fp16 needs a CUDA GPU (dynamic loss scaling); use bf16 or fp32 on this "
                              "machine")
-        if self.learning_rate <= 0 or self.batch_size < 1 or self.max_seq_length < 8:
-            raise ValueError("learning_rate must be > 0, batch_size >= 1, max_seq_length >= 8")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
-        if self.weight_decay < 0 or self.num_train_epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("weight_decay must be >= 0 and the run needs num_train_epochs > 0 or max_steps > 0")
+        for name, ok, rule in (("learning_rate", self.learning_rate > 0, "> 0"),
+                               ("batch_size", self.batch_size >= 1, ">= 1"),
+                               ("max_seq_length", self.max_seq_length >= 8, ">= 8"),
+                               ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
+                               ("weight_decay", self.weight_decay >= 0, ">= 0")):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise ValueError(f"the run needs num_train_epochs > 0 or max_steps > 0, got {self.num_train_epochs} and "
+                             f"{self.max_steps}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

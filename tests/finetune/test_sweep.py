@@ -118,6 +118,30 @@ def test_space_files_keep_their_numbers_and_text_numbers_are_refused(tmp_path):
         load_space(str(as_yaml))
 
 
+def test_a_point_out_of_range_is_refused_naming_the_file_and_point(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: [1.0e-4, -1.0e-4]\nwarmup_fraction: [0.1]\n")
+    assert load_space(str(space)) == {"learning_rate": [1e-4, -1e-4], "warmup_fraction": [0.1]}  # types only
+    with pytest.raises(ValueError, match=r"space.yaml: the point \{'learning_rate': -0.0001, 'warmup_fraction': 0.1\} "
+                                         r"of the search space: learning_rate must be > 0, got -0.0001"):
+        load_space(str(space), TrainConfig())
+    space.write_text("max_steps: [0, 10]\n")  # a combination: no steps and no epochs
+    assert load_space(str(space), TrainConfig(num_train_epochs=1)) == {"max_steps": [0, 10]}
+    with pytest.raises(ValueError, match=r"'max_steps': 0\}.*num_train_epochs > 0 or max_steps > 0"):
+        load_space(str(space), TrainConfig(num_train_epochs=0, max_steps=5))
+    assert load_space(None, TrainConfig()) == BORT_GRID  # Bort's grid is valid with the defaults
+
+
+@pytest.mark.parametrize("mode", ["sweep", "agora"])
+def test_a_bad_space_stops_sweep_and_agora_before_anything_is_written(mode, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("weight_decay: [0.01, -0.01]\n")
+    out = tmp_path / "out"
+    assert main(["CB", "--mode", mode, "--space", str(space), "--output-dir", str(out)]) == 2
+    assert "the point {'weight_decay': -0.01} of the search space: weight_decay must be >= 0" in capsys.readouterr().err
+    assert not out.exists()  # no study, no Agora folder: the corrected file starts afresh
+
+
 def _spread(points: list[dict], space: dict[str, list]) -> int:
     """The largest difference, over hyperparameters, between how often two of its values occur in ``points``."""
     return max(max(counts) - min(counts) for counts in
