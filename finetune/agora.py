@@ -42,8 +42,8 @@ from finetune.metrics import compute_metrics
 from finetune.pipeline import RunConfig, load_splits, run_once, save_trained, write_predictions
 from finetune.sweep import balanced_grid, load_space
 from finetune.tasks import Example, Task, get_task
-from finetune.trainer import RunResult, load_model, load_tokenizer, predict, save_run, subsample
-from finetune.transforms import make_transform
+from finetune.trainer import RunResult, check_ranges, load_model, load_tokenizer, predict, save_run, subsample
+from finetune.transforms import TRANSFORMS, make_transform
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class AgoraConfig:
                 "--oracle-base on the task first (saved in agora/oracle and reused on resume)"})
     oracle_base: str = field(default="", metadata={"help": "model to fine-tune into the oracle (default: the teacher)"})
     transform: str = field(default="perturb", metadata={
-        "help": "perturb (word dropout/swap/synonyms) or mlm (masked-LM substitution, needs --mlm-model)"})
+        "help": "perturb (word dropout/swap/synonyms) or mlm (masked-LM substitution, needs --mlm-model)",
+        "choices": list(TRANSFORMS)})
     mlm_model: str = field(default="", metadata={"help": "model folder with a trained masked-LM head for --transform mlm"})
     per_error: int = field(default=2, metadata={
         "help": "new examples generated near each error (0: none and no oracle; an ablation that keeps the rounds, "
@@ -83,10 +84,14 @@ class AgoraConfig:
                 "published loop; a fixed budget then accumulates along the best lineage)"})
 
     def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:  # checked here, not only when the first round needs it
+            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
+        if self.transform == "mlm" and not self.mlm_model:
+            raise ValueError("--transform mlm needs --mlm-model (a model folder with a masked-LM head)")
         if self.mine_on not in ("dev", "holdout"):
             raise ValueError(f"mine_on must be dev or holdout, got {self.mine_on!r}")
-        if self.per_error < 0 or self.replay < 0 or self.n_configs < 0 or self.max_rounds < 0:
-            raise ValueError("per_error, replay, n_configs and max_rounds must be >= 0")
+        check_ranges(self, positive=("regression_error",), at_least_1=("holdout_size",),
+                     non_negative=("per_error", "replay", "n_configs", "max_rounds", "tie_decimals"))
 
 
 def agora_dir(run: RunConfig) -> Path:

@@ -53,7 +53,7 @@ from bort.checkpoints import checkpoint_step, list_checkpoints
 from data.files import atomic_path, atomic_write_json, copy_folder
 from finetune.pipeline import RunConfig, run_once, save_trained, write_predictions
 from finetune.tasks import get_task
-from finetune.trainer import TrainConfig, load_model, load_tokenizer
+from finetune.trainer import TrainConfig, check_ranges, load_model, load_tokenizer
 from search.storage import fail_stale, open_defined_study, open_storage, redact
 
 logger = logging.getLogger(__name__)
@@ -215,8 +215,8 @@ class SweepConfig:
         if self.sampler not in ("grid", "tpe") or self.pruner not in PRUNERS:
             raise ValueError(f"sampler must be grid or tpe and pruner one of {', '.join(PRUNERS)}, "
                              f"got {self.sampler}/{self.pruner}")
-        if self.n_trials < 1 or self.heartbeat_interval < 1 or self.budget_steps < 0 or self.halving_min_steps < 0:
-            raise ValueError("n_trials and heartbeat_interval must be >= 1 and budget_steps, halving_min_steps >= 0")
+        check_ranges(self, at_least_1=("n_trials", "heartbeat_interval"),
+                     non_negative=("budget_steps", "halving_min_steps"))
 
 
 def sweep_dir(run: RunConfig) -> Path:

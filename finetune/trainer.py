@@ -61,6 +61,21 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def check_ranges(config, positive: tuple[str, ...] = (), at_least_1: tuple[str, ...] = (),
+                 non_negative: tuple[str, ...] = ()) -> None:
+    """Check numeric fields of a settings dataclass.
+
+    Raises:
+        ValueError: the first field out of its range, named with its value (e.g. ``learning_rate must be > 0, got
+            -1.0``).
+    """
+    for names, ok, rule in ((positive, lambda v: v > 0, "> 0"), (at_least_1, lambda v: v >= 1, ">= 1"),
+                            (non_negative, lambda v: v >= 0, ">= 0")):
+        for name in names:
+            if not ok(getattr(config, name)):
+                raise ValueError(f"{name} must be {rule}, got {getattr(config, name)}")
+
+
 @dataclass
 class TrainConfig:
     """Hyperparameters of one fine-tuning run (one Optuna trial / one Agora configuration θ).
@@ -96,13 +111,13 @@ class TrainConfig:
         if self.precision == "fp16" and not torch.cuda.is_available():  # refused before any data is read
             raise ValueError("--precision fp16 needs a CUDA GPU (dynamic loss scaling); use bf16 or fp32 on this "
                              "machine")
-        for name, ok, rule in (("learning_rate", self.learning_rate > 0, "> 0"),
-                               ("batch_size", self.batch_size >= 1, ">= 1"),
-                               ("max_seq_length", self.max_seq_length >= 8, ">= 8"),
-                               ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
-                               ("weight_decay", self.weight_decay >= 0, ">= 0")):
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        check_ranges(self, positive=("learning_rate",), at_least_1=("batch_size",),
+                     non_negative=("weight_decay", "num_train_epochs", "max_steps", "eval_every",
+                                   "early_stopping_patience", "max_train_examples", "max_eval_examples"))
+        if self.max_seq_length < 8:
+            raise ValueError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise ValueError(f"the run needs num_train_epochs > 0 or max_steps > 0, got {self.num_train_epochs} and "
                              f"{self.max_steps}")

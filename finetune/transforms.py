@@ -118,6 +118,9 @@ class MaskedLMSubstitution:
         return self.tokenizer.decode(masked[1:-1] if masked[0] in special else masked, skip_special_tokens=True)
 
 
+TRANSFORMS = ("perturb", "mlm")
+
+
 def make_transform(name: str, mlm_model: str = "") -> Transform:
     """``perturb`` or ``mlm`` (with ``mlm_model``).
 
@@ -130,4 +133,4 @@ def make_transform(name: str, mlm_model: str = "") -> Transform:
         if not mlm_model:
             raise ValueError("--transform mlm needs --mlm-model (a model folder with a masked-LM head)")
         return MaskedLMSubstitution(mlm_model)
-    raise ValueError(f"unknown transform {name!r}; valid: perturb, mlm")
+    raise ValueError(f"unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")

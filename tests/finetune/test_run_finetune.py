@@ -124,6 +124,23 @@ def test_negative_save_steps_exit_2_naming_the_option(capsys, tmp_path):
     assert "--save-steps must be >= 0" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("option, expected", [
+    (["--learning-rate", "-1"], "learning_rate must be > 0, got -1.0"),
+    (["--eval-every", "-3"], "eval_every must be >= 0, got -3"),
+    (["--max-train-examples", "-2"], "max_train_examples must be >= 0, got -2"),
+    (["--warmup-fraction", "1"], "warmup_fraction must lie in [0, 1), got 1.0"),
+    (["--num-train-epochs", "0", "--max-steps", "0"],
+     "the run needs num_train_epochs > 0 or max_steps > 0, got 0.0 and 0"),
+    (["--mode", "sweep", "--budget-steps", "-5"], "budget_steps must be >= 0, got -5"),
+    (["--mode", "agora", "--holdout-size", "0"], "holdout_size must be >= 1, got 0"),
+    (["--mode", "agora", "--transform", "mlm"], "--transform mlm needs --mlm-model"),
+])
+def test_a_setting_out_of_range_exits_2_naming_it_before_anything_is_written(option, expected, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["CB", "--output-dir", str(out), *option]) == 2
+    assert f"error: {expected}" in capsys.readouterr().err and not out.exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on a CUDA GPU")
 def test_fp16_off_a_gpu_exits_2_naming_the_option_and_an_unknown_precision_is_refused(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
