@@ -75,7 +75,8 @@ class AgoraConfig:
     replay: int = field(default=1, metadata={"help": "extra rounds on the same Θ before each pruning"})
     max_rounds: int = field(default=0, metadata={"help": "stop after this many rounds (0: until Θ is empty)"})
     tie_decimals: int = field(default=3, metadata={"help": "dev scores equal to this many decimals share an outcome"})
-    mine_on: str = field(default="dev", metadata={"help": "where errors are mined: dev (as published) or holdout"})
+    mine_on: str = field(default="dev", metadata={"help": "where errors are mined: dev (as published) or holdout",
+                                                  "choices": ["dev", "holdout"]})
     holdout_size: int = field(default=200, metadata={"help": "training examples held out when --mine-on holdout"})
     regression_error: float = field(default=1.0, metadata={"help": "regression: |prediction - gold| counted as error"})
     agora_seed: int = field(default=0, metadata={"help": "seed of Θ's sample, holdout split and transformations"})

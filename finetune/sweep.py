@@ -184,7 +184,7 @@ class SweepConfig:
 
     sampler: str = field(default="grid", metadata={
         "help": "grid (every point of the space, in an order whose first points cover each hyperparameter's values) "
-                "or tpe"})
+                "or tpe", "choices": ["grid", "tpe"]})
     n_trials: int = field(default=20, metadata={
         "help": "finished trials wanted in the study in total (over resumptions and workers); a grid stops earlier "
                 "when exhausted; sync-halving: configurations at the first rung"})
