@@ -32,8 +32,34 @@ from bort.architecture import Architecture
 INIT_METHODS = ("teacher", "random")
 
 
-class TeacherError(ValueError):
+class ModelSourceError(ValueError):
+    """A model folder or hub name that cannot be found or read."""
+
+
+class TeacherError(ModelSourceError):
     """A teacher that cannot be found, read or used."""
+
+
+def load_model_config(name_or_path: str, role: str = "model") -> PretrainedConfig:
+    """The config of a local Hugging Face folder or hub model name; ``role`` names it in errors (e.g. ``--oracle``).
+
+    A name that is absolute, starts with ``.`` or ``~``, or exists here is a folder; any other is a hub name.
+
+    Raises:
+        ModelSourceError: the folder does not exist or has no config.json, or the hub name cannot be resolved (the
+            message's first line of the hub's error: no such model, or no connection).
+    """
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise ModelSourceError(f"{role} folder {name_or_path} does not exist")
+    if looks_local and not (path / "config.json").is_file():
+        raise ModelSourceError(f"{role} folder {name_or_path} has no config.json")
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(f"cannot load {role} {name_or_path!r}: {first}") from exc
 
 
 def load_teacher_config(name_or_path: str) -> PretrainedConfig:
@@ -42,17 +68,10 @@ def load_teacher_config(name_or_path: str) -> PretrainedConfig:
     Raises:
         TeacherError: if the folder has no readable config.json or the hub name cannot be resolved.
     """
-    path = Path(name_or_path).expanduser()
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
-    if looks_local and not path.is_dir():
-        raise TeacherError(f"teacher folder {name_or_path} does not exist")
-    if looks_local and not (path / "config.json").is_file():
-        raise TeacherError(f"teacher folder {name_or_path} has no config.json")
     try:
-        return AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TeacherError(f"cannot load teacher {name_or_path!r}: {first}") from exc
+        return load_model_config(name_or_path, "teacher")
+    except ModelSourceError as exc:
+        raise TeacherError(str(exc)) from exc.__cause__
 
 
 def has_mlm_head(config: PretrainedConfig) -> bool:

@@ -116,6 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_model_sources(args: argparse.Namespace, model: str) -> None:
+    """Read the config of every model the command names, so that a mistyped folder or hub name stops it before
+    anything is written or trained (Agora's ``--oracle`` was otherwise read after its folder was made).
+
+    Raises:
+        ModelSourceError: naming the option, e.g. ``--oracle folder /x does not exist``.
+    """
+    from bort.modeling import load_model_config
+
+    sources = {"--model": model}
+    if args.mode == "agora":
+        sources.update({"--oracle": args.oracle, "--oracle-base": args.oracle_base, "--mlm-model": args.mlm_model})
+    for option, name in sources.items():
+        if name:
+            load_model_config(name, option)
+
+
 def run_tasks(args: argparse.Namespace) -> list[dict]:
     """Run the chosen mode on every task; returns one summary row per task (none on ranks other than 0)."""
     from finetune.pipeline import RunConfig
@@ -123,6 +140,7 @@ def run_tasks(args: argparse.Namespace) -> list[dict]:
 
     train = from_args(TrainConfig, args)
     configs = [from_args(RunConfig, args, task=name, train=train) for name in args.tasks]  # validates all names first
+    check_model_sources(args, configs[0].model)
     with engine(args.engine) as eng:
         from finetune.parallel import ParallelRuns
 

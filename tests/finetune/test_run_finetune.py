@@ -167,6 +167,18 @@ def test_model_without_tokenizer_exits_2(tiny_model, tmp_path, capsys):
     assert "no tokenizer files" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--model", "--oracle", "--oracle-base", "--mlm-model"])
+def test_a_model_folder_that_is_missing_or_not_a_model_exits_2_naming_the_option(option, tiny_model, tmp_path,
+                                                                                  capsys):
+    out = tmp_path / "out"
+    extra = ["--mode", "agora", "--model", str(tiny_model), "--transform", "mlm", "--mlm-model", str(tiny_model)]
+    assert main(["CB", *extra, option, str(tmp_path / "missing"), "--output-dir", str(out), *TINY]) == 2
+    assert f"error: {option} folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+    assert main(["CB", *extra, option, str(tmp_path), "--output-dir", str(out), *TINY]) == 2  # a folder, no model
+    assert f"error: {option} folder {tmp_path} has no config.json" in capsys.readouterr().err
+    assert not out.exists()  # Agora's folder was made before its --oracle was read
+
+
 def test_torchrun_engine_outside_its_launcher_exits_2_writing_nothing(tiny_model, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     assert main(["CB", "--model", str(tiny_model), "--output-dir", str(tmp_path / "o"), "--engine", "torchrun",
