@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -23,13 +22,46 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def sweep_curves(study: optuna.Study) -> dict[tuple, dict[int, float]]:
+    """Dev score per optimiser step of every configuration the sweep trained: ``{sorted (name, value) pairs of its
+    hyperparameters: {step: score}}``, from the trials' intermediate values. Trials with the same hyperparameters are
+    joined (sync-halving's rungs of one configuration, the retry of an interrupted trial); a repeat of a trained point
+    (``duplicate_of``) reports nothing and adds nothing."""
+    curves: dict[tuple, dict[int, float]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.intermediate_values:
+            curves.setdefault(tuple(sorted(trial.params.items())), {}).update(trial.intermediate_values)
+    return curves
+
+
 def plot_sweep(study: optuna.Study, path: Path) -> None:
-    """Dev score of every trial and the running best (``optuna.visualization.matplotlib``), saved as PNG."""
-    with warnings.catch_warnings():  # the matplotlib backend is marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="dev score")
-    ax.set_title(f"{study.study_name}: dev score per trial")
-    save_figure(ax.figure, Path(path))
+    """Dev score x 100 against optimiser step, one line per configuration (:func:`sweep_curves`), saved as PNG.
+
+    A pruned configuration's line ends where it was stopped; sync-halving's rungs are dashed verticals; the best
+    trial's configuration is drawn thick and labelled with its hyperparameters.
+    """
+    curves = sweep_curves(study)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = tuple(sorted(study.best_trial.params.items())) if complete else None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    others = [points for key, points in curves.items() if key != best]
+    for i, points in enumerate(others):
+        steps = sorted(points)
+        ax.plot(steps, [100 * points[s] for s in steps], ".-", color="gray", alpha=0.45, linewidth=1,
+                label="other configurations" if i == 0 else None)
+    if best in curves:
+        steps = sorted(curves[best])
+        ax.plot(steps, [100 * curves[best][s] for s in steps], "o-", color="C0", linewidth=2,
+                label="best: " + ", ".join(f"{k}={v:g}" for k, v in best if isinstance(v, (int, float))))
+    for i, rung in enumerate((study.user_attrs.get("halving_plan") or {}).get("rungs", [])[:-1]):
+        ax.axvline(rung, color="C1", linestyle="--", linewidth=0.8, label="sync-halving rungs" if i == 0 else None)
+    if curves:
+        ax.legend(loc="best", fontsize=7)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("dev score x 100")
+    ax.set_title(f"{study.study_name}: {len(curves)} configurations, dev score per evaluation")
+    ax.grid(alpha=0.3)
+    save_figure(fig, Path(path))
 
 
 def plot_rounds(rounds: list[dict], path: Path, title: str) -> None:
