@@ -65,17 +65,23 @@ def plot_sweep(study: optuna.Study, path: Path) -> None:
 
 
 def plot_rounds(rounds: list[dict], path: Path, title: str) -> None:
-    """Agora: best dev score and training-set size per round, saved as PNG."""
+    """Agora, per round: every configuration's dev score (dots; Θ shrinks as it is pruned), the round's best (line)
+    and the training-set size (bars), from ``rounds.jsonl``'s rows; saved as PNG."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = [r["round"] for r in rounds]
-    ax.plot(x, [100 * r["best_score"] for r in rounds], "o-", label="best dev score (round)")
+    scattered = [(r["round"], 100 * score) for r in rounds for score in r.get("scores", [])]
+    if scattered:
+        ax.scatter(*zip(*scattered), s=12, color="gray", alpha=0.6, label="each configuration", zorder=3)
+    ax.plot(x, [100 * r["best_score"] for r in rounds], "o-", label="best dev score (round)", zorder=4)
     ax.set_xlabel("round")
     ax.set_ylabel("dev score x 100")
     twin = ax.twinx()
     twin.bar(x, [r["train_size"] for r in rounds], alpha=0.2, color="gray", label="training examples")
     twin.set_ylabel("training examples")
+    ax.set_zorder(twin.get_zorder() + 1)  # scores in front of the bars
+    ax.patch.set_visible(False)
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     save_figure(fig, Path(path))
 
 

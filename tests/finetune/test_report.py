@@ -5,7 +5,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from finetune.report import plot_sweep, summary_table, sweep_curves
+from finetune.report import plot_rounds, plot_sweep, summary_table, sweep_curves
 
 SPACE = {"learning_rate": CategoricalDistribution([1e-4, 5e-5]), "seed": CategoricalDistribution([0, 1])}
 
@@ -51,3 +51,10 @@ def test_summary_table_scales_scores_and_lists_the_configuration():
                             "score": 0.625, "config": {"learning_rate": 1e-4, "seed": 1}}])
     row = "| CB | sweep (5 trials) | accuracy 75.0, f1 50.0 | 62.5 | learning_rate=0.0001, seed=1 |"
     assert table.splitlines()[2] == row
+
+
+def test_plot_rounds_writes_a_png(tmp_path):
+    rounds = [{"round": 0, "scores": [0.70, 0.75], "best_score": 0.75, "train_size": 250},
+              {"round": 1, "scores": [0.78], "best_score": 0.78, "train_size": 300}]
+    plot_rounds(rounds, tmp_path / "rounds.png", "CB: Agora")
+    assert matplotlib.image.imread(tmp_path / "rounds.png").shape[2] in (3, 4)
