@@ -43,9 +43,11 @@ from finetune.pipeline import RunConfig, load_splits, run_once, save_trained, wr
 from finetune.sweep import balanced_grid, load_space
 from finetune.tasks import Example, Task, get_task
 from finetune.trainer import RunResult, check_ranges, load_model, load_tokenizer, predict, save_run, subsample
-from finetune.transforms import TRANSFORMS, make_transform
+from finetune.transforms import TRANSFORMS, check_transform, make_transform
 
 logger = logging.getLogger(__name__)
+
+MINE_ON = ("dev", "holdout")  # where Agora mines errors
 
 MIN_ORACLE_ACCURACY = 2 / 3
 
@@ -76,7 +78,7 @@ class AgoraConfig:
     max_rounds: int = field(default=0, metadata={"help": "stop after this many rounds (0: until Θ is empty)"})
     tie_decimals: int = field(default=3, metadata={"help": "dev scores equal to this many decimals share an outcome"})
     mine_on: str = field(default="dev", metadata={"help": "where errors are mined: dev (as published) or holdout",
-                                                  "choices": ["dev", "holdout"]})
+                                                  "choices": list(MINE_ON)})
     holdout_size: int = field(default=200, metadata={"help": "training examples held out when --mine-on holdout"})
     regression_error: float = field(default=1.0, metadata={"help": "regression: |prediction - gold| counted as error"})
     agora_seed: int = field(default=0, metadata={"help": "seed of Θ's sample, holdout split and transformations"})
@@ -85,11 +87,8 @@ class AgoraConfig:
                 "published loop; a fixed budget then accumulates along the best lineage)"})
 
     def __post_init__(self) -> None:
-        if self.transform not in TRANSFORMS:  # checked here, not only when the first round needs it
-            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
-        if self.transform == "mlm" and not self.mlm_model:
-            raise ValueError("--transform mlm needs --mlm-model (a model folder with a masked-LM head)")
-        if self.mine_on not in ("dev", "holdout"):
+        check_transform(self.transform, self.mlm_model)  # here, not only once the oracle is trained
+        if self.mine_on not in MINE_ON:
             raise ValueError(f"mine_on must be dev or holdout, got {self.mine_on!r}")
         check_ranges(self, positive=("regression_error",), at_least_1=("holdout_size",),
                      non_negative=("per_error", "replay", "n_configs", "max_rounds", "tie_decimals"))

@@ -175,6 +175,7 @@ class BalancedGridSampler(optuna.samplers.GridSampler):
 
 
 PRUNERS = ("none", "median", "halving", "sync-halving")
+SAMPLERS = ("grid", "tpe")
 REDUCTION_FACTOR = 3  # both halvings keep the best third of the trials at each rung
 
 
@@ -184,7 +185,7 @@ class SweepConfig:
 
     sampler: str = field(default="grid", metadata={
         "help": "grid (every point of the space, in an order whose first points cover each hyperparameter's values) "
-                "or tpe", "choices": ["grid", "tpe"]})
+                "or tpe", "choices": list(SAMPLERS)})
     n_trials: int = field(default=20, metadata={
         "help": "finished trials wanted in the study in total (over resumptions and workers); a grid stops earlier "
                 "when exhausted; sync-halving: configurations at the first rung"})
@@ -212,7 +213,7 @@ class SweepConfig:
         "help": "seconds between a running trial's heartbeats; a trial silent for twice this is re-queued"})
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("grid", "tpe") or self.pruner not in PRUNERS:
+        if self.sampler not in SAMPLERS or self.pruner not in PRUNERS:
             raise ValueError(f"sampler must be grid or tpe and pruner one of {', '.join(PRUNERS)}, "
                              f"got {self.sampler}/{self.pruner}")
         check_ranges(self, at_least_1=("n_trials", "heartbeat_interval"),

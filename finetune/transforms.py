@@ -121,16 +121,19 @@ class MaskedLMSubstitution:
 TRANSFORMS = ("perturb", "mlm")
 
 
+def check_transform(name: str, mlm_model: str = "") -> None:
+    """Raises ValueError: ``name`` is not one of :data:`TRANSFORMS`, or is ``mlm`` without ``mlm_model``."""
+    if name not in TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")
+    if name == "mlm" and not mlm_model:
+        raise ValueError("--transform mlm needs --mlm-model (a model folder with a masked-LM head)")
+
+
 def make_transform(name: str, mlm_model: str = "") -> Transform:
-    """``perturb`` or ``mlm`` (with ``mlm_model``).
+    """``perturb`` or ``mlm`` (with ``mlm_model``, loaded here).
 
     Raises:
         ValueError: unknown name, or ``mlm`` without a model.
     """
-    if name == "perturb":
-        return perturb
-    if name == "mlm":
-        if not mlm_model:
-            raise ValueError("--transform mlm needs --mlm-model (a model folder with a masked-LM head)")
-        return MaskedLMSubstitution(mlm_model)
-    raise ValueError(f"unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")
+    check_transform(name, mlm_model)
+    return perturb if name == "perturb" else MaskedLMSubstitution(mlm_model)
