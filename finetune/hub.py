@@ -1,11 +1,13 @@
 """Tasks from the Hugging Face hub (``datasets``), written once into the official file layout.
 
-When no ``--data-dir`` is given and no local GLUE/SuperGLUE folder exists (see ``data/resources.py``), the task loads ``nyu-mll/glue`` or ``aps/super_glue`` with
-``datasets.load_dataset`` and writes each split as the official file (TSV with the official column names, or JSONL
-with the official fields) under a cache folder; the official readers then read it, so both sources go through the
-same validation, labels and submission keys. Hub labels are mapped by their ``ClassLabel`` names (MNLI's hub order
-differs from the files'); test rows (label -1) stay unlabelled. MultiRC, ReCoRD and RACE are not offered this way
-(their hub tables are flattened differently): use their official files.
+When no ``--data-dir`` is given and no local GLUE/SuperGLUE/RACE folder exists (see ``data/resources.py``), the task
+loads ``nyu-mll/glue``, ``aps/super_glue`` or ``ehovy/race`` with ``datasets.load_dataset`` and writes each split as
+the official files (TSV with the official column names, JSONL with the official fields, or RACE's one JSON file per
+article) under a cache folder; the official readers then read it, so both sources go through the same validation,
+labels and submission keys. Hub labels are mapped by their ``ClassLabel`` names (MNLI's hub order differs from the
+files'); test rows (label -1, or no answers) stay unlabelled. The hub flattens MultiRC (one row per answer), ReCoRD
+(one row per query, entities as strings) and RACE (one row per question): their rows are grouped back by passage or
+article, and ReCoRD's entity and answer spans are found in the passage text (end inclusive, as in the files).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data.files import atomic_path
+from data.files import atomic_folder, atomic_path
 from finetune.tasks import DataError, Task
 
 # task -> (hub dataset, configuration, {official split name: hub split}, {official column: hub column})
 _GLUE = "nyu-mll/glue"
 _SUPERGLUE = "aps/super_glue"
 _PAIR = {"sentence1": "sentence1", "sentence2": "sentence2"}
+_RACE_SPLITS = {"train": "train", "dev": "validation", "test": "test"}  # RACE's folders -> hub splits
 HUB_TASKS: dict[str, tuple[str, str, dict[str, str], dict[str, str]]] = {
     "CoLA": (_GLUE, "cola", {}, {"sentence": "sentence"}),
     "SST-2": (_GLUE, "sst2", {}, {"sentence": "sentence"}),
@@ -40,6 +43,10 @@ HUB_TASKS: dict[str, tuple[str, str, dict[str, str], dict[str, str]]] = {
     "WiC": (_SUPERGLUE, "wic", {}, {}),
     "WSC": (_SUPERGLUE, "wsc.fixed", {}, {}),
     "AX-b": (_SUPERGLUE, "axb", {"AX-b.jsonl": "test"}, {}),
+    "MultiRC": (_SUPERGLUE, "multirc", {}, {}),
+    "ReCoRD": (_SUPERGLUE, "record", {}, {}),
+    "RACE-H": ("ehovy/race", "high", _RACE_SPLITS, {}),
+    "RACE-M": ("ehovy/race", "middle", _RACE_SPLITS, {}),
 }
 _DEFAULT_SPLITS = {"train.tsv": "train", "dev.tsv": "validation", "test.tsv": "test",
                    "train.jsonl": "train", "val.jsonl": "validation", "test.jsonl": "test"}
@@ -79,6 +86,9 @@ def write_split(task: Task, rows, names: list[str] | None, path: Path) -> None:
                 if labelled:
                     fields.append(str(_label(task, r, names)))
                 f.write("\t".join(fields) + "\n")
+        elif task.name in _GROUPED:
+            for out in _GROUPED[task.name](task, rows, names):
+                f.write(json.dumps(out) + "\n")
         else:
             for r in rows:
                 out = {k: v for k, v in r.items() if k != "label"}
@@ -91,14 +101,88 @@ def write_split(task: Task, rows, names: list[str] | None, path: Path) -> None:
                 f.write(json.dumps(out) + "\n")
 
 
+def _multirc(task: Task, rows, names) -> list[dict]:
+    """Official MultiRC objects (passage -> questions -> answers) from the hub's one row per answer."""
+    passages: dict[int, dict] = {}
+    questions: dict[tuple[int, int], dict] = {}
+    for r in rows:
+        idx = r["idx"]
+        passage = passages.setdefault(idx["paragraph"], {"idx": idx["paragraph"], "passage": {
+            "text": r["paragraph"], "questions": []}})
+        key = (idx["paragraph"], idx["question"])
+        if key not in questions:
+            questions[key] = {"idx": idx["question"], "question": r["question"], "answers": []}
+            passage["passage"]["questions"].append(questions[key])
+        answer = {"idx": idx["answer"], "text": r["answer"]}
+        label = _label(task, r, names)
+        if label is not None:
+            answer["label"] = int(label)
+        questions[key]["answers"].append(answer)
+    return list(passages.values())
+
+
+def _spans(text: str, strings) -> list[dict]:
+    """``{"start", "end", "text"}`` (end inclusive) of the first occurrence of each string found in ``text``."""
+    out = []
+    for string in dict.fromkeys(strings):
+        start = text.find(string)
+        if string and start >= 0:
+            out.append({"start": start, "end": start + len(string) - 1, "text": string})
+    return out
+
+
+def _record(task: Task, rows, names) -> list[dict]:
+    """Official ReCoRD objects (passage with entity spans -> queries with answers) from one row per query."""
+    passages: dict[int, dict] = {}
+    for r in rows:
+        idx = r["idx"]
+        passage = passages.setdefault(idx["passage"], {"idx": idx["passage"], "passage": {
+            "text": r["passage"], "entities": [{"start": e["start"], "end": e["end"]}
+                                               for e in _spans(r["passage"], r["entities"])]}, "qas": []})
+        qa = {"idx": idx["query"], "query": r["query"]}
+        if r.get("answers"):
+            qa["answers"] = _spans(r["passage"], r["answers"])
+        passage["qas"].append(qa)
+    return list(passages.values())
+
+
+_GROUPED = {"MultiRC": _multirc, "ReCoRD": _record}
+
+
+def write_race(rows, folder: Path) -> None:
+    """Write the hub's RACE rows (one per question) as RACE's files, one JSON object per article named by its
+    ``example_id`` (e.g. ``high19432.txt``), into ``folder`` (filled beside it, then moved into place)."""
+    articles: dict[str, dict] = {}
+    for r in rows:
+        article = articles.setdefault(r["example_id"], {"answers": [], "options": [], "questions": [],
+                                                        "article": r["article"], "id": r["example_id"]})
+        article["questions"].append(r["question"])
+        article["options"].append(list(r["options"]))
+        article["answers"].append(r["answer"])
+    with atomic_folder(folder) as tmp:
+        for name, article in articles.items():
+            if not all(article["answers"]):  # an unlabelled split
+                del article["answers"]
+            (tmp / Path(name).name).write_text(json.dumps(article), encoding="utf-8")
+
+
 def materialise(task: Task, splits: dict, folder: Path) -> Path:
     """Write ``splits`` (official file name -> ``datasets.Dataset``) under ``folder/<task folder>/``; returns
     ``folder`` (the benchmark folder to read from)."""
     for file_name, dataset in splits.items():
+        if task.benchmark == "race":  # folder/<split>/<level>/*.txt
+            write_race(dataset, folder / file_name / HUB_TASKS[task.name][1])
+            continue
         feature = dataset.features.get("label")
         names = list(feature.names) if hasattr(feature, "names") else None
         write_split(task, dataset, names, folder / task.folder / file_name)
     return folder
+
+
+def _written(task: Task, folder: Path, file_name: str) -> bool:
+    if task.benchmark == "race":
+        return (folder / file_name / HUB_TASKS[task.name][1]).is_dir()
+    return (folder / task.folder / file_name).is_file()
 
 
 def load_from_hub(task: Task, folder: Path) -> Path:
@@ -112,7 +196,7 @@ def load_from_hub(task: Task, folder: Path) -> Path:
                         f"(hub tasks: {', '.join(HUB_TASKS)})")
     name, config, split_map, _ = HUB_TASKS[task.name]
     files = [task.train] * bool(task.train) + list(task.dev.values()) + list(task.test.values())
-    if all((folder / task.folder / f).is_file() for f in files):
+    if all(_written(task, folder, f) for f in files):
         return folder
     from datasets import load_dataset
 

@@ -63,7 +63,7 @@ class RunConfig:
 
 def resolve_data_dir(task: Task, data_dir: str = "", hub_cache: str | Path = "") -> Path:
     """The benchmark folder of ``task``: ``data_dir`` when given, else the local default for its benchmark, else
-    (GLUE/SuperGLUE) the hub dataset written in the official layout under ``hub_cache`` (:mod:`finetune.hub`).
+    the hub dataset written in the official layout under ``hub_cache`` (:mod:`finetune.hub`).
 
     Raises:
         DataError: no folder given, no local copy, and no hub source (or no ``hub_cache``).
@@ -75,7 +75,7 @@ def resolve_data_dir(task: Task, data_dir: str = "", hub_cache: str | Path = "")
                "race": str(root / "race") if root is not None and (root / "race").is_dir() else None}[task.benchmark]
     if default is not None:
         return Path(default)
-    if hub_cache and task.benchmark != "race":
+    if hub_cache:
         return load_from_hub(task, Path(hub_cache) / task.benchmark)
     raise DataError(f"no local {task.benchmark} folder for {task.name}: pass --data-dir (official layout)")
 

@@ -3,9 +3,9 @@ and read back by the official readers, with labels mapped by name."""
 
 import json
 
-from datasets import ClassLabel, Dataset, Features, Value
+from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
-from finetune.hub import materialise
+from finetune.hub import load_from_hub, materialise
 from finetune.tasks import get_task
 
 
@@ -54,3 +54,66 @@ def test_superglue_booleans_copa_and_wsc(tmp_path):
     root = materialise(task, {"val.jsonl": wsc}, tmp_path)
     written = json.loads((root / "WSC" / "val.jsonl").read_text())
     assert written["target"]["span2_text"] == "he" and task.read(root, "val")[0].label == 0
+
+
+def test_multirc_flattened_as_on_the_hub_reads_back_as_the_official_file(superglue_dir, tmp_path):
+    """The real MultiRC dev file, flattened into the hub's one row per answer, regrouped and read back."""
+    rows = []
+    for line in (superglue_dir / "MultiRC" / "val.jsonl").read_text(encoding="utf-8").splitlines():
+        obj = json.loads(line)
+        for q in obj["passage"]["questions"]:
+            for a in q["answers"]:
+                rows.append({"paragraph": obj["passage"]["text"], "question": q["question"], "answer": a["text"],
+                             "idx": {"paragraph": obj["idx"], "question": q["idx"], "answer": a["idx"]},
+                             "label": a["label"]})
+    features = Features({"paragraph": Value("string"), "question": Value("string"), "answer": Value("string"),
+                         "idx": {"paragraph": Value("int32"), "question": Value("int32"), "answer": Value("int32")},
+                         "label": ClassLabel(names=["False", "True"])})
+    task = get_task("MultiRC")
+    root = materialise(task, {"val.jsonl": Dataset.from_list(rows, features=features)}, tmp_path)
+    ours, official = task.read(root, "val"), task.read(superglue_dir, "val")
+    assert len(ours) == len(official) == 4848
+    assert [(e.texts, e.label, e.group, e.key) for e in ours] == [(e.texts, e.label, e.group, e.key) for e in official]
+
+
+def test_record_entities_and_answers_are_found_in_the_passage(tmp_path):
+    text = "@highlight\nParis is the capital of France. Lyon is not."
+    features = Features({"passage": Value("string"), "query": Value("string"), "entities": Sequence(Value("string")),
+                         "answers": Sequence(Value("string")),
+                         "idx": {"passage": Value("int32"), "query": Value("int32")}})
+    rows = {"passage": [text, text], "query": ["@placeholder is the capital.", "@placeholder is not."],
+            "entities": [["Paris", "France", "Lyon", "Paris"]] * 2, "answers": [["Paris"], []],
+            "idx": [{"passage": 3, "query": 9}, {"passage": 3, "query": 10}]}
+    task = get_task("ReCoRD")
+    root = materialise(task, {"train.jsonl": Dataset.from_dict(rows, features=features)}, tmp_path)
+    (written,) = [json.loads(line) for line in (root / "ReCoRD" / "train.jsonl").read_text().splitlines()]
+    assert written["passage"]["entities"] == [{"start": 11, "end": 15}, {"start": 35, "end": 40},
+                                              {"start": 43, "end": 46}]  # end inclusive, as in the official files
+    assert written["qas"][0]["answers"] == [{"start": 11, "end": 15, "text": "Paris"}]
+    first, second = task.read(root, "train")
+    assert first.candidates == ("Paris", "France", "Lyon") and first.label == (0,) and first.key == {"idx": 9}
+    assert second.label is None and second.key == {"idx": 10}
+
+
+def test_race_rows_are_regrouped_into_one_file_per_article_and_not_downloaded_again(tmp_path):
+    features = Features({"example_id": Value("string"), "article": Value("string"), "answer": Value("string"),
+                         "question": Value("string"), "options": Sequence(Value("string"))})
+
+    def split(answers):
+        return Dataset.from_dict({"example_id": ["high7.txt", "high7.txt", "high9.txt"],
+                                  "article": ["Letters.", "Letters.", "Numbers."], "answer": answers,
+                                  "question": ["Which letter?", "The last one is _ .", "Which number?"],
+                                  "options": [["a", "b", "c", "d"], ["e", "f", "g", "h"], ["1", "2", "3", "4"]]},
+                                 features=features)
+
+    task = get_task("RACE-H")
+    root = materialise(task, {"train": split(["B", "D", "A"]), "dev": split(["A", "A", "C"]),
+                              "test": split(["", "", ""])}, tmp_path)
+    assert sorted(p.name for p in (root / "train" / "high").iterdir()) == ["high7.txt", "high9.txt"]
+    train = task.read(root, "train")
+    assert [e.label for e in train] == [1, 3, 0] and train[1].choices[3][1] == "The last one is h ."
+    assert train[2].key == {"id": "high9.txt", "question": 0}
+    assert [e.label for e in task.read(root, "RACE-H.jsonl")] == [None, None, None]  # the test split
+    written = (root / "train" / "high" / "high7.txt").stat().st_mtime_ns
+    assert load_from_hub(task, root) == root  # every split written already: nothing loaded or written again
+    assert (root / "train" / "high" / "high7.txt").stat().st_mtime_ns == written
