@@ -40,17 +40,24 @@ class TeacherError(ModelSourceError):
     """A teacher that cannot be found, read or used."""
 
 
+def is_local_name(name_or_path: str) -> bool:
+    """Whether a model or tokenizer name means a folder here (absolute, starting with ``.`` or ``~``, or existing)
+    rather than a hub name."""
+    return Path(name_or_path).expanduser().is_absolute() or name_or_path.startswith((".", "~")) or \
+        Path(name_or_path).expanduser().exists()
+
+
 def load_model_config(name_or_path: str, role: str = "model") -> PretrainedConfig:
     """The config of a local Hugging Face folder or hub model name; ``role`` names it in errors (e.g. ``--oracle``).
 
-    A name that is absolute, starts with ``.`` or ``~``, or exists here is a folder; any other is a hub name.
+    A name that :func:`is_local_name` takes for a folder must be one; any other is a hub name.
 
     Raises:
         ModelSourceError: the folder does not exist or has no config.json, or the hub name cannot be resolved (the
             message's first line of the hub's error: no such model, or no connection).
     """
     path = Path(name_or_path).expanduser()
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
+    looks_local = is_local_name(name_or_path)
     if looks_local and not path.is_dir():
         raise ModelSourceError(f"{role} folder {name_or_path} does not exist")
     if looks_local and not (path / "config.json").is_file():

@@ -50,6 +50,7 @@ from bort.checkpoints import (
     set_rng_state,
 )
 from bort.distributed import SingleProcess
+from bort.modeling import is_local_name
 from bort.training import parameter_groups
 from data.files import atomic_folder
 from finetune.metrics import compute_metrics
@@ -131,9 +132,11 @@ def load_tokenizer(model_path: str, tokenizer_path: str | None = None) -> PreTra
     """The tokenizer saved with the model (or at ``tokenizer_path``).
 
     Raises:
-        DataError: the folder has no tokenizer files.
+        DataError: the folder does not exist or has no tokenizer files.
     """
     source = tokenizer_path or model_path
+    if is_local_name(source) and not Path(source).expanduser().is_dir():
+        raise DataError(f"{'--tokenizer ' if tokenizer_path else ''}{source}: not a folder")
     if Path(source).is_dir() and not any(
         (Path(source) / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model")
     ):

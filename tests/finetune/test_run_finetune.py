@@ -165,6 +165,11 @@ def test_model_without_tokenizer_exits_2(tiny_model, tmp_path, capsys):
         shutil.copy(tiny_model / f, bare / f)
     assert main(["CB", "--model", str(bare), "--output-dir", str(tmp_path / "o"), *TINY]) == 2
     assert "no tokenizer files" in capsys.readouterr().err
+    missing = tmp_path / "missing"
+    assert main(["CB", "--model", str(bare), "--tokenizer", str(missing), "--output-dir", str(tmp_path / "o"),
+                 *TINY]) == 2
+    assert f"error: --tokenizer {missing}: not a folder" in capsys.readouterr().err  # not looked up on the hub
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("option", ["--model", "--oracle", "--oracle-base", "--mlm-model"])
