@@ -189,7 +189,7 @@ def load_from_hub(task: Task, folder: Path) -> Path:
     """Download ``task`` with ``datasets`` into the official layout under ``folder`` (once) and return ``folder``.
 
     Raises:
-        DataError: the task is not offered from the hub.
+        DataError: the task is not offered from the hub, or the hub cannot be reached (offline, no connection).
     """
     if task.name not in HUB_TASKS:
         raise DataError(f"{task.name} is not loaded from the hub here; pass --data-dir with its official files "
@@ -200,5 +200,10 @@ def load_from_hub(task: Task, folder: Path) -> Path:
         return folder
     from datasets import load_dataset
 
-    splits = {f: load_dataset(name, config, split=split_map.get(f) or _DEFAULT_SPLITS[f]) for f in files}
+    try:
+        splits = {f: load_dataset(name, config, split=split_map.get(f) or _DEFAULT_SPLITS[f]) for f in files}
+    except (OSError, ValueError) as e:  # offline, unreachable, or no such dataset
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{task.name}: no local files and the hub's {name} cannot be loaded ({first}); pass "
+                        "--data-dir with the official files") from e
     return materialise(task, splits, folder)

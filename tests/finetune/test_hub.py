@@ -117,3 +117,19 @@ def test_race_rows_are_regrouped_into_one_file_per_article_and_not_downloaded_ag
     written = (root / "train" / "high" / "high7.txt").stat().st_mtime_ns
     assert load_from_hub(task, root) == root  # every split written already: nothing loaded or written again
     assert (root / "train" / "high" / "high7.txt").stat().st_mtime_ns == written
+
+
+def test_a_task_with_no_local_files_and_no_hub_exits_2_naming_the_way_out(tmp_path, monkeypatch, capsys):
+    import datasets.config
+    import huggingface_hub.constants
+
+    from finetune.run_finetune import main
+
+    for module in (datasets.config, huggingface_hub.constants):  # this test never reaches for the hub
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    out = tmp_path / "out"
+    assert main(["RACE-H", "--output-dir", str(out)]) == 2  # no RACE folder in the shared data
+    err = capsys.readouterr().err
+    assert "RACE-H: no local files and the hub's ehovy/race cannot be loaded" in err and "--data-dir" in err
+    assert not (out / "hub_data" / "race" / "train").exists()
