@@ -163,7 +163,8 @@ def write_race(rows, folder: Path) -> None:
         for name, article in articles.items():
             if not all(article["answers"]):  # an unlabelled split
                 del article["answers"]
-            (tmp / Path(name).name).write_text(json.dumps(article), encoding="utf-8")
+            file_name = Path(name).name if name.endswith(".txt") else f"{Path(name).name}.txt"  # the reader's glob
+            (tmp / file_name).write_text(json.dumps(article), encoding="utf-8")
 
 
 def materialise(task: Task, splits: dict, folder: Path) -> Path:
