@@ -43,8 +43,8 @@ class TeacherError(ModelSourceError):
 def is_local_name(name_or_path: str) -> bool:
     """Whether a model or tokenizer name means a folder here (absolute, starting with ``.`` or ``~``, or existing)
     rather than a hub name."""
-    return Path(name_or_path).expanduser().is_absolute() or name_or_path.startswith((".", "~")) or \
-        Path(name_or_path).expanduser().exists()
+    path = Path(name_or_path).expanduser()
+    return path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
 
 
 def load_model_config(name_or_path: str, role: str = "model") -> PretrainedConfig:

@@ -194,8 +194,10 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
     if task.kind not in ("classification", "regression"):
         raise ValueError(f"Agora supports classification and regression tasks; {task.name} is {task.kind}")
     train_cfg = replace(run.train, max_train_examples=0)
-    space = load_space(agora.space, train_cfg)  # checked before anything is written
     folder = agora_dir(run)
+    state_path = folder / "state.json"
+    # Θ comes from the space on a first start (checked before anything is written), from state.json on resume
+    space = None if state_path.is_file() else load_space(agora.space, train_cfg)
     folder.mkdir(parents=True, exist_ok=True)
     data_dir = run.data_path
     train_all, dev_sets = load_splits(task, data_dir)
@@ -211,8 +213,7 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
         rng.shuffle(base)
         mining, base = base[: agora.holdout_size], base[agora.holdout_size:]
 
-    state_path = folder / "state.json"
-    if state_path.is_file():
+    if space is None:
         state = json.loads(state_path.read_text())
         logger.info("Agora %s: resuming at round %d", task.name, state["round"])
     else:

@@ -171,19 +171,20 @@ def materialise(task: Task, splits: dict, folder: Path) -> Path:
     """Write ``splits`` (official file name -> ``datasets.Dataset``) under ``folder/<task folder>/``; returns
     ``folder`` (the benchmark folder to read from)."""
     for file_name, dataset in splits.items():
-        if task.benchmark == "race":  # folder/<split>/<level>/*.txt
-            write_race(dataset, folder / file_name / HUB_TASKS[task.name][1])
+        if task.benchmark == "race":
+            write_race(dataset, _target(task, folder, file_name))
             continue
         feature = dataset.features.get("label")
         names = list(feature.names) if hasattr(feature, "names") else None
-        write_split(task, dataset, names, folder / task.folder / file_name)
+        write_split(task, dataset, names, _target(task, folder, file_name))
     return folder
 
 
-def _written(task: Task, folder: Path, file_name: str) -> bool:
+def _target(task: Task, folder: Path, file_name: str) -> Path:
+    """Where a split is written: the official file, or RACE's folder of articles (``<split>/<level>``)."""
     if task.benchmark == "race":
-        return (folder / file_name / HUB_TASKS[task.name][1]).is_dir()
-    return (folder / task.folder / file_name).is_file()
+        return folder / file_name / HUB_TASKS[task.name][1]
+    return folder / task.folder / file_name
 
 
 def load_from_hub(task: Task, folder: Path) -> Path:
@@ -197,7 +198,7 @@ def load_from_hub(task: Task, folder: Path) -> Path:
                         f"(hub tasks: {', '.join(HUB_TASKS)})")
     name, config, split_map, _ = HUB_TASKS[task.name]
     files = [task.train] * bool(task.train) + list(task.dev.values()) + list(task.test.values())
-    if all(_written(task, folder, f) for f in files):
+    if all(_target(task, folder, f).exists() for f in files):  # written whole (atomically) or not at all
         return folder
     from datasets import load_dataset
 

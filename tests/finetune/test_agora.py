@@ -52,6 +52,7 @@ def test_one_round_adds_labelled_examples_then_resumes(tiny_model, small_sst2, t
     for log in ("added.jsonl", "rounds.jsonl"):
         with open(folder / log, "a", encoding="utf-8") as f:
             f.write(json.dumps({**json.loads((folder / log).read_text().splitlines()[0]), "round": 1}) + "\n")
+    space.unlink()  # resuming takes Θ from state.json: the space file is not read again
     assert main([*args, "--max-rounds", "2"]) == 0  # resume: round 1 trains on the grown set
     records = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1] and records[1]["train_size"] == 48 + len(added)
