@@ -15,14 +15,20 @@ Loop, one *round* at a time:
 
 With ``warm_start`` the configurations of later rounds start from ``best/`` rather than from the base model.
 
-Not published, chosen here: Θ is the first ``n_configs`` points of the sweep space (Bort's grid by default) in the
-sweep's seeded order, which spreads each hyperparameter's values over them; an error is a wrong class, or for
-regression an absolute error above ``regression_error``; a regression oracle must reach a task score (mean of
-Pearson and Spearman) of 2/3. Every round appends a record to ``rounds.jsonl`` (Θ and the scores, errors, examples
-generated and added, training-set size, best dev score), the added examples go to ``added.jsonl``, and
-``state.json`` lets an interrupted run resume at the configuration where it stopped; that configuration's training
-(and the oracle's) continues from its newest checkpoint (every ``save_steps`` steps, in ``checkpoints/``, deleted
-when the run ends).
+Every task kind runs the loop (Bort's SuperGLUE scores include COPA, MultiRC and ReCoRD). Not published, chosen
+here: Θ is the first ``n_configs`` points of the sweep space (Bort's grid by default) in the sweep's seeded order,
+which spreads each hyperparameter's values over them; an error is a wrong class (an answer of MultiRC), a wrong
+choice (COPA, RACE), a ReCoRD query whose chosen entity is not a correct one, or for regression an absolute error
+above ``regression_error``. The oracle's 2/3 is its dev accuracy: per answer for MultiRC, per question for choice
+tasks, ReCoRD's exact match, and for regression the task score (mean of Pearson and Spearman). A new input changes
+one segment: one of the two texts of a pair, the context every choice shares (COPA's premise and question, RACE's
+article) or one choice's text; for ReCoRD only the passage, since each candidate's query must stay the same query
+with another entity in it. The oracle's prediction is its label (for ReCoRD, the chosen entity is the answer).
+
+Every round appends a record to ``rounds.jsonl`` (Θ and the scores, errors, examples generated and added,
+training-set size, best dev score), the added examples go to ``added.jsonl``, and ``state.json`` lets an interrupted
+run resume at the configuration where it stopped; that configuration's training (and the oracle's) continues from its
+newest checkpoint (every ``save_steps`` steps, in ``checkpoints/``, deleted when the run ends).
 """
 
 from __future__ import annotations
@@ -117,10 +123,13 @@ def prune(theta: list[dict], scores: list[float], decimals: int) -> list[dict]:
 
 
 def oracle_accuracy(task: Task, predictions, examples: list[Example]) -> float:
-    """Dev accuracy of a classification oracle (the task score for regression)."""
+    """Dev accuracy of an oracle: of the class (per answer for MultiRC) or the choice; ReCoRD's exact match; the task
+    score for regression. A fraction in [0, 1]."""
     if task.kind == "regression":
         return compute_metrics(task, predictions, examples)["score"]
-    return float(accuracy_score([e.label for e in examples], predictions))
+    if task.kind == "record":
+        return compute_metrics(task, predictions, examples)["record_em"]
+    return float(accuracy_score([e.label for e in examples], [int(p) for p in predictions]))
 
 
 def check_oracle(task: Task, path: str, dev: list[Example], max_seq_length: int):
@@ -132,7 +141,8 @@ def check_oracle(task: Task, path: str, dev: list[Example], max_seq_length: int)
     model, tokenizer = load_model(task, path), load_tokenizer(path)
     accuracy = oracle_accuracy(task, predict(model, tokenizer, task, dev, max_seq_length), dev)
     if accuracy < MIN_ORACLE_ACCURACY:
-        measure = "dev score (mean of Pearson and Spearman)" if task.kind == "regression" else "dev accuracy"
+        measure = {"regression": "dev score (mean of Pearson and Spearman)", "record": "dev exact match"}.get(
+            task.kind, "dev accuracy")
         raise OracleTooWeak(
             f"oracle {path} reaches {100 * accuracy:.1f}% {measure} on {task.name}, below the 2/3 Agora needs "
             "for labels that help more than they hurt (arXiv 2010.07990); pass a stronger --oracle")
@@ -140,25 +150,80 @@ def check_oracle(task: Task, path: str, dev: list[Example], max_seq_length: int)
 
 
 def find_errors(task: Task, predictions, examples: list[Example], regression_error: float) -> list[Example]:
+    """The examples the model gets wrong (see the module's docstring for each kind)."""
     if task.kind == "regression":
         return [e for p, e in zip(predictions, examples) if abs(float(p) - e.label) > regression_error]
+    if task.kind == "record":  # a query none of whose candidates is correct cannot be learnt: not an error
+        return [e for p, e in zip(predictions, examples) if e.label and int(p) not in e.label]
     return [e for p, e in zip(predictions, examples) if int(p) != e.label]
 
 
-def generate(errors: list[Example], transform, per_error: int, rng: random.Random, seen: set) -> list[Example]:
-    """Up to ``per_error`` new unlabelled inputs per error: one segment (chosen at random) transformed."""
+def inputs(example: Example) -> tuple:
+    """What the model reads of ``example``: its texts, or its choices (a key for telling inputs apart)."""
+    return example.choices or example.texts
+
+
+def transform_one_segment(example: Example, transform, rng: random.Random, record: bool = False) -> Example:
+    """A copy of ``example``'s input, unlabelled, with one segment chosen at random transformed: one text of
+    ``texts``; for choices, the first segment they share or one choice's second segment; with ``record`` (ReCoRD)
+    the shared first segment (the passage) alone. ``candidates`` are kept."""
+    if not example.choices:
+        texts = list(example.texts)
+        i = rng.randrange(len(texts))
+        texts[i] = transform(texts[i], rng)
+        return Example(uid=example.uid, texts=tuple(texts))
+    choices = [list(c) for c in example.choices]
+    context = choices[0][0]
+    shared = all(c[0] == context for c in choices)
+    i = -1 if record else rng.randrange(len(choices) + shared) - shared  # -1: the shared first segment
+    if i < 0:
+        new = transform(context, rng)
+        for c in choices:
+            c[0] = new if c[0] == context else c[0]
+    else:
+        choices[i][1] = transform(choices[i][1], rng)
+    return Example(uid=example.uid, choices=tuple(map(tuple, choices)), candidates=example.candidates)
+
+
+def generate(task: Task, errors: list[Example], transform, per_error: int, rng: random.Random,
+             seen: set) -> list[Example]:
+    """Up to ``per_error`` new unlabelled inputs per error, each with one segment transformed
+    (:func:`transform_one_segment`); inputs in ``seen`` (the training set's, earlier rounds') are skipped."""
     out = []
     for e in errors:
         for j in range(per_error):
-            texts = list(e.texts)
-            i = rng.randrange(len(texts))
-            texts[i] = transform(texts[i], rng)
-            key = tuple(texts)
-            if key in seen:
+            new = replace(transform_one_segment(e, transform, rng, record=task.kind == "record"),
+                          uid=f"agora:{e.uid}:{j}")
+            if inputs(new) in seen:
                 continue
-            seen.add(key)
-            out.append(Example(uid=f"agora:{e.uid}:{j}", texts=key))
+            seen.add(inputs(new))
+            out.append(new)
     return out
+
+
+def with_oracle_label(task: Task, example: Example, prediction) -> Example:
+    """``example`` labelled with the oracle's ``prediction``: a score (regression), a class or choice index, or for
+    ReCoRD the chosen candidate as the one correct answer."""
+    if task.kind == "regression":
+        return replace(example, label=float(prediction))
+    if task.kind == "record":
+        return replace(example, label=(int(prediction),), answers=(example.candidates[int(prediction)],))
+    return replace(example, label=int(prediction))
+
+
+def _added_row(example: Example, round_: int) -> dict:
+    row = {"uid": example.uid, "texts": list(example.texts), "label": example.label, "round": round_}
+    if example.choices:
+        row.update(choices=[list(c) for c in example.choices], candidates=list(example.candidates),
+                   answers=list(example.answers))
+    return row
+
+
+def _added_example(row: dict) -> Example:
+    label = tuple(row["label"]) if isinstance(row["label"], list) else row["label"]
+    return Example(uid=row["uid"], texts=tuple(row["texts"]), label=label,
+                   choices=tuple(tuple(c) for c in row.get("choices", ())),
+                   candidates=tuple(row.get("candidates", ())), answers=tuple(row.get("answers", ())))
 
 
 def _read_rounds_before(path: Path, round_: int) -> list[dict]:
@@ -187,12 +252,9 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
     worker's :meth:`finetune.parallel.ParallelRuns.run_once`).
 
     Raises:
-        ValueError: the task is not a classification or regression task.
         OracleTooWeak: the oracle's dev accuracy is below 2/3.
     """
     task = get_task(run.task)
-    if task.kind not in ("classification", "regression"):
-        raise ValueError(f"Agora supports classification and regression tasks; {task.name} is {task.kind}")
     train_cfg = replace(run.train, max_train_examples=0)
     folder = agora_dir(run)
     state_path = folder / "state.json"
@@ -237,9 +299,8 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
         state["oracle"] = {"path": oracle_path, "dev_accuracy": oracle_acc}
 
     _read_rounds_before(folder / "rounds.jsonl", state["round"])
-    added = [Example(uid=r["uid"], texts=tuple(r["texts"]), label=r["label"])
-             for r in _read_rounds_before(folder / "added.jsonl", state["round"])]
-    seen = {e.texts for e in train_all} | {e.texts for e in added}
+    added = [_added_example(r) for r in _read_rounds_before(folder / "added.jsonl", state["round"])]
+    seen = {inputs(e) for e in train_all} | {inputs(e) for e in added}
     transform = make_transform(agora.transform, agora.mlm_model)
 
     while state["theta"] and (agora.max_rounds == 0 or state["round"] < agora.max_rounds):
@@ -272,11 +333,10 @@ def run_agora(run: RunConfig, agora: AgoraConfig, progress: bool = True, run_job
         predictions = predict(best_model, best_tok, task, mining, run.train.max_seq_length)
         errors = find_errors(task, predictions, mining, agora.regression_error)
         rng = random.Random(agora.agora_seed * 1000 + k)
-        new = generate(errors, transform, agora.per_error, rng, seen)
+        new = generate(task, errors, transform, agora.per_error, rng, seen)
         labels = predict(oracle, oracle_tok, task, new, run.train.max_seq_length) if new else []
-        new = [replace(e, label=float(y) if task.kind == "regression" else int(y)) for e, y in zip(new, labels)]
-        _append_jsonl(folder / "added.jsonl", [{"uid": e.uid, "texts": list(e.texts), "label": e.label, "round": k}
-                                               for e in new])
+        new = [with_oracle_label(task, e, y) for e, y in zip(new, labels)]
+        _append_jsonl(folder / "added.jsonl", [_added_row(e, k) for e in new])
         added += new
 
         scores = [state["scores"][json.dumps(p, sort_keys=True)] for p in state["theta"]]

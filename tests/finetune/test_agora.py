@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-from finetune.agora import AgoraConfig, prune, run_agora, sample_configurations
+from finetune.agora import AgoraConfig, prune, run_agora, sample_configurations, transform_one_segment
 from finetune.pipeline import RunConfig, run_once
 from finetune.run_finetune import main
 from finetune.tasks import DataError, Example, get_task
@@ -88,9 +88,60 @@ def test_weak_oracle_is_refused(tiny_model, small_sst2, tmp_path, capsys):
     assert "50.0% dev accuracy on SST-2, below the 2/3" in capsys.readouterr().err
 
 
-def test_agora_refuses_choice_tasks(tiny_model, tmp_path, capsys):
-    assert main(["COPA", "--mode", "agora", "--model", str(tiny_model), "--output-dir", str(tmp_path)]) == 2
-    assert "Agora supports classification and regression tasks; COPA is multiple_choice" in capsys.readouterr().err
+def _changed_segments(new: Example, old: Example) -> list[str]:
+    """Which segments of ``old``'s input ``new`` changed: ``text i``, ``shared`` (the first segment of every choice)
+    or ``choice i`` (a choice's second segment); ``["other"]`` when the inputs differ in shape."""
+    if old.texts:
+        if len(new.texts) != len(old.texts) or new.choices:
+            return ["other"]
+        return [f"text {i}" for i, (a, b) in enumerate(zip(new.texts, old.texts)) if a != b]
+    if len(new.choices) != len(old.choices) or new.texts or new.candidates != old.candidates:
+        return ["other"]
+    firsts = {a for a, _ in new.choices}
+    changed = [] if [a for a, _ in new.choices] == [a for a, _ in old.choices] else \
+        ["shared" if len(firsts) == 1 else "other"]
+    return changed + [f"choice {i}" for i, (n, o) in enumerate(zip(new.choices, old.choices)) if n[1] != o[1]]
+
+
+@pytest.mark.parametrize("name", ["COPA", "MultiRC", "ReCoRD"])
+def test_a_round_on_choice_and_answer_tasks_adds_oracle_labelled_inputs(name, tiny_model, small_superglue, tmp_path):
+    """Agora on a multiple-choice task, MultiRC's answers and ReCoRD's entities: new inputs differ from a dev error
+    in one segment (ReCoRD: its passage alone), carry the oracle's predictions as labels and train the next round."""
+    task = get_task(name)
+    assert main([name, "--model", str(tiny_model), "--data-dir", str(small_superglue), "--output-dir",
+                 str(tmp_path / "oracle"), "--max-steps", "120", "--eval-every", "30", "--learning-rate", "3e-3",
+                 "--warmup-fraction", "0", "--weight-decay", "0", "--batch-size", "16", "--max-seq-length", "64",
+                 "--early-stopping-patience", "0", "--no-predict-test", "--quiet"]) == 0
+    oracle = tmp_path / "oracle" / task.name
+    args = [name, "--mode", "agora", "--model", str(tiny_model), "--oracle", str(oracle), "--data-dir",
+            str(small_superglue), "--output-dir", str(tmp_path / "out"), "--n-configs", "1", "--replay", "1",
+            "--learning-rate", "1e-4", "--max-steps", "2", "--max-seq-length", "64", "--per-error", "2",
+            "--no-predict-test", "--quiet"]
+    assert main([*args, "--max-rounds", "1"]) == 0
+    folder = tmp_path / "out" / task.name / "agora"
+    assert json.loads((folder / "state.json").read_text())["oracle"]["dev_accuracy"] >= 2 / 3
+    (record,) = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (folder / "added.jsonl").read_text().splitlines()]
+    assert record["errors"] > 0 and 0 < record["added"] == len(rows) <= 2 * record["errors"]
+
+    dev = task.read(small_superglue, "val")
+    added = [Example(uid="x", texts=tuple(r["texts"]), choices=tuple(tuple(c) for c in r.get("choices", ())),
+                     candidates=tuple(r.get("candidates", ()))) for r in rows]
+    for new in added:  # one segment changed from a dev input, which is not an input already there
+        changes = [_changed_segments(new, old) for old in dev]
+        assert any(len(c) == 1 and c != ["other"] for c in changes) and [] not in changes
+        assert task.kind != "record" or ["shared"] in changes
+    # The labels are the oracle's: predict again with the oracle, independently of the loop.
+    again = predict(load_model(task, str(oracle)), load_tokenizer(str(oracle)), task, added, max_seq_length=64)
+    if task.kind == "record":
+        assert [r["label"] for r in rows] == [[int(p)] for p in again]
+        assert [r["answers"] for r in rows] == [[e.candidates[int(p)]] for e, p in zip(added, again)]
+    else:
+        assert [r["label"] for r in rows] == again.tolist()
+
+    assert main([*args, "--max-rounds", "2"]) == 0  # resumed: round 1 trains on the examples read back
+    records = [json.loads(x) for x in (folder / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1] and records[1]["train_size"] == len(dev) + len(rows)
 
 
 def test_prune_drops_the_top_run_of_equal_outcomes():
@@ -189,3 +240,14 @@ def test_a_configuration_interrupted_by_ctrl_c_continues_from_its_checkpoint(tin
     whole = run_agora(run_for(tmp_path / "whole"), agora, progress=False)
     assert resumed["rounds"][0]["scores"] == whole["rounds"][0]["scores"] and resumed["best"] == whole["best"]
     assert not (folder / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name,segments", [("COPA", {"shared", "choice 0", "choice 1"}), ("ReCoRD", {"shared"})])
+def test_any_segment_of_a_choice_task_can_change_but_only_the_passage_of_record(name, segments, small_superglue):
+    example = get_task(name).read(small_superglue, "train")[0]
+    rng = random.Random(0)
+    changed = set()
+    for _ in range(60):
+        (change,) = _changed_segments(transform_one_segment(example, perturb, rng, record=name == "ReCoRD"), example)
+        changed.add(change)
+    assert changed == segments
