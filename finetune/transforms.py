@@ -102,7 +102,11 @@ class MaskedLMSubstitution:
 
     @torch.no_grad()
     def __call__(self, text: str, rng: random.Random) -> str:
-        enc = self.tokenizer(text, truncation=True, max_length=self.max_length, return_tensors="pt")
+        """``text`` with substitutions in its first ``max_length`` tokens; the rest of a longer text (a RACE article,
+        a ReCoRD passage) follows unchanged rather than being cut off."""
+        enc = self.tokenizer(text, truncation=True, max_length=self.max_length, return_tensors="pt",
+                             return_offsets_mapping=True)
+        rest = text[int(enc.pop("offset_mapping")[0, :, 1].max()):]
         ids = enc["input_ids"][0]
         special = set(self.tokenizer.all_special_ids)
         spots = [i for i, t in enumerate(ids.tolist()) if t not in special]
@@ -115,7 +119,7 @@ class MaskedLMSubstitution:
         for i in chosen:
             top = [t for t in logits[i].topk(self.top_k + 1).indices.tolist() if t != ids[i] and t not in special]
             masked[i] = rng.choice(top[: self.top_k]) if top else ids[i]
-        return self.tokenizer.decode(masked[1:-1] if masked[0] in special else masked, skip_special_tokens=True)
+        return self.tokenizer.decode(masked[1:-1] if masked[0] in special else masked, skip_special_tokens=True) + rest
 
 
 TRANSFORMS = ("perturb", "mlm")

@@ -14,7 +14,7 @@ from finetune.pipeline import RunConfig, run_once
 from finetune.run_finetune import main
 from finetune.tasks import DataError, Example, get_task
 from finetune.trainer import TrainConfig, load_model, load_tokenizer, predict
-from finetune.transforms import SYNONYMS, make_transform, perturb
+from finetune.transforms import SYNONYMS, MaskedLMSubstitution, make_transform, perturb
 
 
 def test_one_round_adds_labelled_examples_then_resumes(tiny_model, small_sst2, tmp_path):
@@ -183,6 +183,11 @@ def test_mlm_substitution_needs_an_mlm_head(teacher_path, tmp_path):
     text = "the cat sat on the mat and looked at the dog"
     out = transform(text, random.Random(0))
     assert out != text and len(out.split()) >= 5
+    # A text longer than the transform's window keeps its tail (a passage is not cut to max_length tokens).
+    long = MaskedLMSubstitution(str(tmp_path / "mlm"), max_length=8)
+    passage = " ".join(["the cat sat on the mat and looked at the dog"] * 4) + " in the end"
+    out = long(passage, random.Random(0))
+    assert out != passage and out.endswith(passage[-60:]) and len(out.split()) >= len(passage.split()) - 3
     with pytest.raises(ValueError, match="valid: perturb, mlm"):
         make_transform("backtranslate")
 
