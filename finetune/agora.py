@@ -129,7 +129,7 @@ def oracle_accuracy(task: Task, predictions, examples: list[Example]) -> float:
         return compute_metrics(task, predictions, examples)["score"]
     if task.kind == "record":
         return compute_metrics(task, predictions, examples)["record_em"]
-    return float(accuracy_score([e.label for e in examples], [int(p) for p in predictions]))
+    return float(accuracy_score([e.label for e in examples], predictions))
 
 
 def check_oracle(task: Task, path: str, dev: list[Example], max_seq_length: int):

@@ -46,10 +46,10 @@ def _record_from_passage(passage: dict, n_entities: int = 5) -> dict | None:
     entities = [{"start": m.start(), "end": m.end() - 1} for n in names for m in re.finditer(rf"\b{n}\b", text)]
     qas = []
     for s in sentences[1:]:
-        (hit, *more) = [n for n in names if re.search(rf"\b{n}\b", s)] or [None]
-        if hit and not more:
-            qas.append({"query": re.sub(rf"\b{hit}\b", "@placeholder", s), "idx": len(qas),
-                        "answers": [{"text": hit}]})
+        hits = [n for n in names if re.search(rf"\b{n}\b", s)]
+        if len(hits) == 1:
+            qas.append({"query": re.sub(rf"\b{hits[0]}\b", "@placeholder", s), "idx": len(qas),
+                        "answers": [{"text": hits[0]}]})
     return {"passage": {"text": text, "entities": entities}, "qas": qas} if len(names) >= 3 and qas else None
 
 

@@ -105,7 +105,7 @@ def _changed_segments(new: Example, old: Example) -> list[str]:
 
 @pytest.mark.parametrize("name", ["COPA", "MultiRC", "ReCoRD"])
 def test_a_round_on_choice_and_answer_tasks_adds_oracle_labelled_inputs(name, tiny_model, small_superglue, tmp_path):
-    """Agora on a multiple-choice task, MultiRC's answers and ReCoRD's entities: new inputs differ from a dev error
+    """Agora on a multiple-choice task, MultiRC's answers and ReCoRD's entities: new inputs differ from a dev input
     in one segment (ReCoRD: its passage alone), carry the oracle's predictions as labels and train the next round."""
     task = get_task(name)
     assert main([name, "--model", str(tiny_model), "--data-dir", str(small_superglue), "--output-dir",
